@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "ShareError",
     "ShapeError",
+    "InvalidArgumentError",
     "BackendError",
     "AdapterNotFoundError",
     "InvalidAdapterError",
@@ -30,6 +31,10 @@ class ShareError(Exception):
 
 class ShapeError(ShareError, ValueError):
     """Arrays whose shapes do not fit together (the message names the shapes)."""
+
+
+class InvalidArgumentError(ShareError, ValueError):
+    """An option with a value outside what it accepts (e.g. ``k <= 0``, a threshold outside (0, 1])."""
 
 
 class BackendError(ShareError, TypeError):
