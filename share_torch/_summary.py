@@ -1,0 +1,114 @@
+"""The headline figures of a checkpoint, as a dict and as the table `summary()` and `lorashare info` print."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from share_hf.checkpoint import Checkpoint
+
+_PREFIX = "base_model.model."
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _part(path: str) -> str:
+    if path.endswith("loadings.safetensors"):
+        return "loadings"
+    if path.endswith("classifier_head.safetensors"):
+        return "heads and carried tensors"
+    if path.endswith(".safetensors"):
+        return "shared basis"
+    return "metadata (json)"
+
+
+def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any]:
+    """Collect the figures users ask about from a checkpoint and its exact on-disk byte counts.
+
+    Args:
+        ckpt: The checkpoint (possibly partially loaded: only its adapters are counted).
+        file_bytes: Relative path -> bytes as written (every tensor, header and JSON file).
+    """
+    config = ckpt.config
+    names = [n for n in config["adapters"] if n in ckpt.metas]
+    groups = []
+    for module in sorted(config["groups"], key=_natural_key):
+        g = config["groups"][module]
+        groups.append({
+            "module": module,
+            "d_in": g["d_in"], "d_out": g["d_out"],
+            **{f"{key}_{side[-1]}": g[side].get(key) for side in ("lora_A", "lora_B")
+               for key in ("k", "rank", "explained_variance")},
+        })
+    by_part: dict[str, int] = {}
+    for path, n in file_bytes.items():
+        by_part[_part(path)] = by_part.get(_part(path), 0) + n
+    original = sum(int(ckpt.metas[n]["original_bytes"]) for n in names)
+    written = sum(file_bytes.values())
+    errors = {n: config["stats"]["dw_error"][n] for n in names}
+    ks = [g[f"k_{s}"] for g in groups for s in "AB"]
+    return {
+        "adapters": names,
+        "num_adapters": len(names),
+        "num_modules": len(groups),
+        "base_model": config.get("base_model_name_or_path"),
+        "options": config.get("options", {}),
+        "k_min": min(ks) if ks else 0,
+        "k_max": max(ks) if ks else 0,
+        "groups": groups,
+        "dw_error": errors,
+        "dw_error_mean": sum(errors.values()) / len(errors) if errors else 0.0,
+        "dw_error_max": max(errors.values()) if errors else 0.0,
+        "bytes": {
+            "original": original,
+            "checkpoint": written,
+            "ratio": original / written if written else 0.0,
+            "by_part": by_part,
+        },
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _short(module: str) -> str:
+    return module[len(_PREFIX):] if module.startswith(_PREFIX) else module
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """The human table for `summary()` and `lorashare info` (figures from :func:`build_summary`)."""
+    opts = stats["options"]
+    lines = [
+        f"lorashare checkpoint: {stats['num_adapters']} adapters, {stats['num_modules']} LoRA modules "
+        f"({2 * stats['num_modules']} groups)",
+        f"base model: {stats['base_model'] or '(not recorded)'}",
+        f"options: num_components={opts.get('num_components')}"
+        + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else "")
+        + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}",
+        "",
+    ]
+    width = max([len(_short(g["module"])) for g in stats["groups"]] + [6])
+    lines.append(f"{'module':<{width}}  {'k(A)':>5} {'k(B)':>5}  {'rank(A)':>7} {'rank(B)':>7}  "
+                 f"{'var(A)':>7} {'var(B)':>7}")
+    for g in stats["groups"]:
+        lines.append(f"{_short(g['module']):<{width}}  {g['k_A']:>5} {g['k_B']:>5}  {g['rank_A']:>7} "
+                     f"{g['rank_B']:>7}  {g['explained_variance_A']:>7.4f} {g['explained_variance_B']:>7.4f}")
+    lines.append("")
+    width = max([len(n) for n in stats["adapters"]] + [7])
+    lines.append(f"{'adapter':<{width}}  dW relative error")
+    for name, err in stats["dw_error"].items():
+        lines.append(f"{name:<{width}}  {err:.3e}")
+    lines.append(f"{'mean':<{width}}  {stats['dw_error_mean']:.3e}   (max {stats['dw_error_max']:.3e})")
+    lines.append("")
+    b = stats["bytes"]
+    lines.append(f"bytes: original adapter files {_human(b['original'])} ({b['original']:,}) -> checkpoint "
+                 f"{_human(b['checkpoint'])} ({b['checkpoint']:,}), {b['ratio']:.2f}x smaller")
+    lines.append("  " + ", ".join(f"{part} {_human(n)}" for part, n in sorted(b["by_part"].items())))
+    return "\n".join(lines)

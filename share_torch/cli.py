@@ -1,0 +1,202 @@
+"""The ``lorashare`` command: compress, info, reconstruct.
+
+Each subcommand parses its arguments, calls the library and prints. Results go to stdout; logs, progress
+bars and errors go to stderr. Exit codes: 0 success, 1 a known error (one line, no traceback unless
+``--debug`` or ``LORASHARE_DEBUG=1``), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from share_core.errors import CheckpointExistsError, InvalidArgumentError, ShareError
+
+from .version import __version__
+
+logger = logging.getLogger("lorashare")
+
+
+def _num_components(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"-k/--num-components expects a positive integer or 'auto'; found {text!r}; e.g. -k 32 or -k auto"
+        ) from None
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .model import SHAREModel
+
+    if args.names is not None:
+        if len(args.names) != len(args.adapters):
+            raise InvalidArgumentError(
+                f"--names gives {len(args.names)} names for {len(args.adapters)} adapters; give one name per "
+                f"adapter, in the same order"
+            )
+        adapters: list[str] | dict[str, str] = dict(zip(args.names, args.adapters))
+        if len(adapters) != len(args.names):
+            raise InvalidArgumentError(f"--names has duplicates ({' '.join(args.names)}); names must be unique")
+    else:
+        adapters = args.adapters
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        # Checked before the (possibly long) compression, and again atomically when writing.
+        raise CheckpointExistsError(
+            f"output {out} already exists; pass --overwrite to replace it, or choose another -o path"
+        )
+    share = SHAREModel.from_adapters(
+        adapters,
+        num_components=_num_components(args.num_components),
+        variance_threshold=args.variance,
+        center=args.center,
+        device=args.device,
+        dtype=args.dtype,
+        layer_by_layer=args.layer_by_layer,
+        chunk_size=args.chunk_size,
+        show_progress=False if args.quiet else None,
+    )
+    share.save_pretrained(out, overwrite=args.overwrite)
+    share.summary()
+    print(f"\nsaved checkpoint to {out}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .model import SHAREModel
+
+    share = SHAREModel.from_pretrained(args.checkpoint)
+    if args.json:
+        print(json.dumps(share.stats(), indent=2, sort_keys=True))
+    else:
+        share.summary()
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .model import SHAREModel
+
+    if args.reconstruct_all == (args.adapter is not None):
+        raise InvalidArgumentError("reconstruct needs exactly one of --adapter NAME or --all")
+    names = None if args.reconstruct_all else [args.adapter]
+    share = SHAREModel.from_pretrained(args.checkpoint, adapters=names)
+    names = share.adapter_names if names is None else names
+    out = Path(args.output)
+    targets = {name: out / name if args.reconstruct_all else out for name in names}
+    existing = [str(t) for t in targets.values() if t.exists()]
+    if existing and not args.overwrite:
+        raise CheckpointExistsError(
+            f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another -o path"
+        )
+    for name, target in targets.items():
+        share.reconstruct(name, output_dir=target, overwrite=args.overwrite)
+        print(f"{name} -> {target}")
+    return 0
+
+
+def _common_flags(default) -> argparse.ArgumentParser:
+    """-q/-v/--debug, accepted before or after the subcommand.
+
+    The subcommands' copies default to SUPPRESS, so `lorashare --debug info X` is not reset by `info`.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only warnings and errors on stderr, no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging on stderr")
+    common.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback on errors (or set LORASHARE_DEBUG=1)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_flags(argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="lorashare",
+        description="Compress many PEFT LoRA adapters into one shared basis per layer, inspect the result, "
+                    "and get standard PEFT adapters back.",
+        parents=[_common_flags(False)],
+    )
+    parser.add_argument("--version", action="version", version=f"lorashare {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("compress", parents=[common], help="compress PEFT LoRA adapters into a checkpoint",
+                       description="Compress PEFT LoRA adapters (folders or Hub ids) into one lorashare checkpoint.")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="PEFT LoRA adapter folders or Hub ids (org/name)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint folder to write (must not exist unless --overwrite)")
+    p.add_argument("-k", "--num-components", default="32", metavar="K|auto",
+                   help="components kept per group (capped at the data's rank), or 'auto' (default: 32)")
+    p.add_argument("--variance", type=float, default=0.95,
+                   help="with -k auto: smallest k per group explaining this fraction of energy, in (0, 1] (default: 0.95)")
+    p.add_argument("--names", nargs="+", default=None, help="one name per adapter (default: folder basenames)")
+    p.add_argument("--center", action="store_true", help="subtract each group's mean before PCA (stored, added back)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64"],
+                   help="storage dtype of basis and loadings (default: the adapters' own)")
+    p.add_argument("--layer-by-layer", action="store_true",
+                   help="accepted for compatibility: compression always reads one layer group at a time")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="accepted for compatibility; exact chunked compression is NOT implemented yet: "
+                        "all adapters are processed together (a warning says so)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --output")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("info", parents=[common], help="print a checkpoint's figures",
+                       description="Print a checkpoint's adapters, k per group, explained variance, dW error and bytes.")
+    p.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON instead of the table")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("reconstruct", parents=[common], help="write standard PEFT adapters from a checkpoint",
+                       description="Write standard PEFT LoRA folders (adapter_config.json + adapter_model.safetensors).")
+    p.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    p.add_argument("--adapter", default=None, metavar="NAME", help="the adapter to write (into -o itself)")
+    p.add_argument("--all", action="store_true", dest="reconstruct_all", help="every adapter, into -o/<name>/")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.set_defaults(func=_cmd_reconstruct)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("lorashare")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lorashare`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("LORASHARE_DEBUG", "") not in ("", "0")
+    _configure_logging(args)
+    try:
+        return args.func(args)
+    except ShareError as exc:
+        if debug:
+            raise
+        print(f"lorashare: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lorashare: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment problem we did not foresee
+        if debug:
+            raise
+        print(f"lorashare: unexpected error: {type(exc).__name__}: {exc} "
+              f"(run with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # python -m share_torch.cli
+    sys.exit(main())

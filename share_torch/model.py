@@ -1,0 +1,525 @@
+"""`SHAREModel`: many LoRA adapters in, one shared basis per layer out, standard PEFT adapters back."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import share_core as core
+from share_core.errors import InvalidArgumentError, ShareError, UnknownAdapterError
+from share_hf.adapters import AdapterSource, adapter_name_from_source, check_compatible, open_adapter
+from share_hf.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    checkpoint_nbytes,
+    load_checkpoint,
+    push_checkpoint_to_hub,
+    save_checkpoint,
+    write_peft_adapter,
+)
+
+from ._progress import progress
+from ._summary import build_summary, format_summary
+from .version import __version__
+
+logger = logging.getLogger("lorashare")
+
+SIDES = ("lora_A", "lora_B")
+
+
+def _natural_key(name: str) -> list:
+    """Sort 'layer.2' before 'layer.10'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "cpu":
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"device={str(device)!r} was asked for, but this PyTorch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); pass device='cpu' (CLI: --device cpu) or install a CUDA build of torch"
+        )
+    return dev
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, sources: Sequence[AdapterSource]) -> torch.dtype:
+    if dtype is None:
+        found = {s.dtype for s in sources}
+        return found.pop() if len(found) == 1 else torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        resolved = getattr(torch, str(dtype), None)
+    if resolved not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise InvalidArgumentError(
+            f"dtype must be one of float32, bfloat16, float16, float64; found {dtype!r}"
+        )
+    return resolved
+
+
+def _check_options(num_components: int | str, variance_threshold: float) -> tuple[int | None, float | None]:
+    """Return (k, threshold) for share_core.compress_side, or raise a clear error."""
+    if num_components == "auto":
+        if isinstance(variance_threshold, bool) or not isinstance(variance_threshold, (int, float)) or not (
+            0.0 < float(variance_threshold) <= 1.0
+        ):
+            raise InvalidArgumentError(
+                f"variance_threshold must be a number in (0, 1] when num_components='auto'; found "
+                f"{variance_threshold!r}; e.g. 0.95 keeps 95% of the energy of each group"
+            )
+        return None, float(variance_threshold)
+    if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components <= 0:
+        raise InvalidArgumentError(
+            f"num_components must be a positive integer or 'auto'; found {num_components!r}; "
+            f"e.g. num_components=32 (CLI: -k 32) or num_components='auto' (CLI: -k auto)"
+        )
+    return num_components, None
+
+
+def _normalize_sources(adapters: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]) -> dict[str, str]:
+    """Map adapter name -> path or Hub id; names default to folder basenames and must be unique."""
+    if isinstance(adapters, (str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"adapters must be a list of adapter folders or Hub ids, or a dict name -> path; found the single "
+            f"string {str(adapters)!r}; wrap it in a list together with the other adapters"
+        )
+    if isinstance(adapters, Mapping):
+        return {str(k): str(v) for k, v in adapters.items()}
+    named: dict[str, str] = {}
+    for source in adapters:
+        name = adapter_name_from_source(source)
+        if name in named:
+            raise InvalidArgumentError(
+                f"two adapters would both be named {name!r} ({named[name]} and {source}); adapter names must be "
+                f"unique: pass a dict name -> path (CLI: --names a b c)"
+            )
+        named[name] = str(source)
+    return named
+
+
+class SHAREModel:
+    """A collection of LoRA adapters stored as one shared basis per layer plus small per-adapter loadings.
+
+    Build one with :meth:`from_adapters` (compress PEFT adapters) or :meth:`from_pretrained` (load a
+    checkpoint). Get adapters back with :meth:`reconstruct` (a PEFT folder or state dict) or :meth:`apply`
+    (a `peft.PeftModel`).
+
+    Example:
+        ```python
+        from share_torch import SHAREModel
+
+        share = SHAREModel.from_adapters(["adapters/sst2", "adapters/cola"], num_components=16)
+        share.summary()
+        share.save_pretrained("my_share")
+        share.reconstruct("sst2", output_dir="restored/sst2")
+        ```
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device | None = None) -> None:
+        self._ckpt = checkpoint
+        self.device = _resolve_device(device)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_adapters(
+        cls,
+        adapters: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
+        num_components: int | str = 32,
+        variance_threshold: float = 0.95,
+        *,
+        center: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        layer_by_layer: bool = False,
+        chunk_size: int | None = None,
+        show_progress: bool | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+    ) -> SHAREModel:
+        """Compress PEFT LoRA adapters into one shared basis per (module, side).
+
+        Args:
+            adapters: Local adapter folders or Hub ids (`org/name`), or a dict name -> folder/id. Names
+                default to the folder's basename (the repo name for Hub ids) and must be unique.
+            num_components: Components kept per group (capped at the data's rank), or `"auto"` to keep,
+                per group, the fewest components whose explained variance reaches `variance_threshold`.
+            variance_threshold: In (0, 1]; used when `num_components="auto"`.
+            center: Subtract each group's mean column before PCA; the mean is stored and added back.
+            device: `"cpu"` (default), `"cuda"`, `"cuda:1"` or `"auto"`: where the linear algebra runs.
+            dtype: Storage dtype of the basis and loadings; default is the adapters' own dtype.
+            layer_by_layer: Accepted for compatibility with lorashare 0.1; every compression already reads
+                one (module, side) group at a time from memory-mapped files.
+            chunk_size: Accepted for compatibility; exact chunked compression is not implemented yet and
+                the adapters are processed all together (a warning says so).
+            show_progress: Progress bar on stderr: `None` shows it only on a terminal.
+            revision, token: Passed to the Hub for Hub ids.
+
+        Returns:
+            The compressed collection, not yet written: call :meth:`save_pretrained`.
+
+        Raises:
+            ShareError: For bad options, unreadable or incompatible adapters (the message says which
+                adapter, what was expected, what was found and how to fix it).
+        """
+        k, threshold = _check_options(num_components, variance_threshold)
+        if chunk_size is not None:
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+                raise InvalidArgumentError(f"chunk_size must be a positive integer or None; found {chunk_size!r}")
+            logger.warning("chunk_size=%d: exact chunked compression is not implemented yet; "
+                           "processing all adapters together", chunk_size)
+        dev = _resolve_device(device)
+        names = _normalize_sources(adapters)
+
+        sources = [
+            open_adapter(path, name=name, revision=revision, token=token)
+            for name, path in progress(names.items(), desc="reading adapters", total=len(names), enabled=show_progress)
+        ]
+        check_compatible(sources)
+        store_dtype = _resolve_dtype(dtype, sources)
+        compute_dtype = torch.float64 if store_dtype == torch.float64 else torch.float32
+        logger.info("compressing %d adapters on %s (k=%s, storage %s)", len(sources), dev,
+                    num_components, str(store_dtype).removeprefix("torch."))
+
+        modules = sorted(sources[0].modules, key=_natural_key)
+        components: dict[str, torch.Tensor] = {}
+        loadings: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
+        groups: dict[str, dict[str, Any]] = {}
+        errors: dict[str, dict[str, tuple[float, float]]] = {s.name: {} for s in sources}
+
+        for module in progress(modules, desc="compressing layers", enabled=show_progress):
+            folded = []
+            for src in sources:
+                a, b = src.load_factors(module)
+                b, a = core.fold_scale(b.to(dev, compute_dtype), a.to(dev, compute_dtype),
+                                       scale=src.modules[module].scale)
+                folded.append((a, b))
+            info = sources[0].modules[module]
+            groups[module] = {"d_in": info.d_in, "d_out": info.d_out}
+            restored: dict[str, list[torch.Tensor]] = {}
+            for side in SIDES:
+                columns = [a.mT if side == "lora_A" else b for a, b in folded]
+                basis, mean, side_loadings, energies = core.compress_side(
+                    columns, k=k, variance_threshold=threshold, center=center
+                )
+                basis_s = basis.to("cpu", store_dtype).contiguous()
+                components[f"{module}.{side}.basis"] = basis_s
+                mean_s = None
+                if mean is not None:
+                    mean_s = mean.to("cpu", store_dtype).contiguous()
+                    components[f"{module}.{side}.mean"] = mean_s
+                for src, load in zip(sources, side_loadings):
+                    loadings[src.name][f"{module}.{side}"] = load.to("cpu", store_dtype).contiguous()
+                # Judge quality on what is stored, not on the float32 intermediates.
+                restored[side] = [
+                    core.reconstruct(
+                        loadings[src.name][f"{module}.{side}"].to(dev, compute_dtype),
+                        basis_s.to(dev, compute_dtype),
+                        mean=None if mean_s is None else mean_s.to(dev, compute_dtype),
+                    )
+                    for src in sources
+                ]
+                kk = int(basis.shape[1])
+                groups[module][side] = {
+                    "k": kk,
+                    "centered": mean is not None,
+                    "rank": int(energies.shape[0]),
+                    "stacked_columns": int(sum(c.shape[1] for c in columns)),
+                    "explained_variance": core.explained_variance(energies, kk),
+                }
+            for i, src in enumerate(sources):
+                a, b = folded[i]
+                a_hat, b_hat = restored["lora_A"][i].mT, restored["lora_B"][i]
+                abs_err, _ = core.dw_error(b, a, b_hat, a_hat)
+                norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]))
+                errors[src.name][module] = (float(abs_err), float(norm))
+
+        heads = {}
+        for src in sources:
+            carried = src.load_carried()
+            if carried:
+                heads[src.name] = carried
+        metas = {
+            src.name: {
+                "peft_config": src.config,
+                "source": src.source,
+                "dtype": str(src.dtype).removeprefix("torch."),
+                "ranks": {m: src.modules[m].rank for m in modules},
+                "scales": {m: src.modules[m].scale for m in modules},
+                "original_bytes": src.file_bytes,
+                "dw_error": {m: _ratio(*errors[src.name][m]) for m in modules},
+            }
+            for src in sources
+        }
+        overall = {name: _overall(errs.values()) for name, errs in errors.items()}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "library": "lorashare",
+            "library_version": __version__,
+            "method": "share",
+            "base_model_name_or_path": sources[0].config.get("base_model_name_or_path"),
+            "adapters": [s.name for s in sources],
+            "options": {
+                "num_components": num_components,
+                "variance_threshold": threshold,
+                "center": bool(center),
+                "factor_form": "scaled",
+                "dtype": str(store_dtype).removeprefix("torch."),
+            },
+            "groups": groups,
+            "stats": {
+                "original_bytes": sum(s.file_bytes for s in sources),
+                "dw_error": overall,
+            },
+        }
+        ckpt = Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas)
+        model = cls(ckpt, device=dev)
+        logger.info("compressed %d adapters: mean dW relative error %.4g", len(sources),
+                    sum(overall.values()) / len(overall))
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        adapters: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+    ) -> SHAREModel:
+        """Load a checkpoint written by :meth:`save_pretrained`, from a folder or a Hub repo.
+
+        Args:
+            path_or_id: A checkpoint folder, or a Hub repo id (`org/name`).
+            adapters: Load only these adapters (their files alone are read); default all.
+            device: Where :meth:`reconstruct` and :meth:`apply` do their arithmetic.
+            revision, token: For Hub repos.
+        """
+        ckpt = load_checkpoint(path_or_id, adapters=adapters, revision=revision, token=token)
+        return cls(ckpt, device=device)
+
+    # ------------------------------------------------------------------ inspecting
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the adapters held (in checkpoint order)."""
+        return [n for n in self._ckpt.config["adapters"] if n in self._ckpt.metas]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's `share_config.json` content."""
+        return self._ckpt.config
+
+    @property
+    def modules(self) -> list[str]:
+        """The LoRA modules (groups) compressed, in natural layer order."""
+        return sorted(self._ckpt.config["groups"], key=_natural_key)
+
+    def num_components(self, module: str, side: str = "lora_B") -> int:
+        """Components kept for one group, e.g. `num_components(module, "lora_A")`."""
+        return int(self._ckpt.config["groups"][module][side]["k"])
+
+    def __repr__(self) -> str:
+        return (f"SHAREModel({len(self.adapter_names)} adapters, {len(self.modules)} modules, "
+                f"device={self.device})")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ckpt.metas
+
+    def stats(self) -> dict[str, Any]:
+        """The headline figures as a dict: adapters, groups, k, explained variance, dW error, bytes."""
+        return build_summary(self._ckpt, checkpoint_nbytes(self._ckpt))
+
+    def summary(self, *, print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
+        """Print a human summary (like `lorashare info`) and return the same figures as a dict.
+
+        Args:
+            print_fn: Where the text goes (default `print`); `None` prints nothing.
+        """
+        stats = self.stats()
+        if print_fn is not None:
+            print_fn(format_summary(stats))
+        return stats
+
+    # ------------------------------------------------------------------ getting adapters back
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        if name not in self._ckpt.metas:
+            listed = ", ".join(self.adapter_names) or "(none loaded)"
+            raise UnknownAdapterError(f"no adapter named {name!r} in this checkpoint; it holds: {listed}")
+        return self._ckpt.metas[name]
+
+    def _factors(self, name: str, module: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructed (A, B) of one module in the adapter's own parametrization (scale unfolded)."""
+        meta = self._meta(name)
+        compute = torch.float64 if self._ckpt.config["options"].get("dtype") == "float64" else torch.float32
+        parts = {}
+        for side in SIDES:
+            basis = self._ckpt.components[f"{module}.{side}.basis"].to(self.device, compute)
+            mean = self._ckpt.components.get(f"{module}.{side}.mean")
+            load = self._ckpt.loadings[name][f"{module}.{side}"].to(self.device, compute)
+            parts[side] = core.reconstruct(load, basis, mean=None if mean is None else mean.to(self.device, compute))
+        b, a = core.fold_scale(parts["lora_B"], parts["lora_A"].mT, scale=1.0 / float(meta["scales"][module]))
+        return a, b
+
+    def reconstruct_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """The adapter as a PEFT state dict (keys as in `adapter_model.safetensors`), in its own dtype."""
+        meta = self._meta(name)
+        dtype = getattr(torch, meta["dtype"])
+        tensors: dict[str, torch.Tensor] = {}
+        for module in sorted(meta["ranks"], key=_natural_key):
+            a, b = self._factors(name, module)
+            tensors[f"{module}.lora_A.weight"] = a.to("cpu", dtype).contiguous()
+            tensors[f"{module}.lora_B.weight"] = b.to("cpu", dtype).contiguous()
+        for key, value in self._ckpt.heads.get(name, {}).items():
+            tensors[key] = value
+        return tensors
+
+    def peft_config(self, name: str) -> dict[str, Any]:
+        """The adapter's original `adapter_config.json` content."""
+        return dict(self._meta(name)["peft_config"])
+
+    def reconstruct(self, name: str, output_dir: str | os.PathLike | None = None, *,
+                    overwrite: bool = False) -> dict[str, torch.Tensor]:
+        """Give one adapter back as a standard PEFT LoRA.
+
+        Args:
+            name: The adapter's name (see :attr:`adapter_names`).
+            output_dir: When given, write `adapter_config.json` + `adapter_model.safetensors` there (atomically);
+                `peft.PeftModel.from_pretrained(base, output_dir)` loads it with no lorashare code.
+            overwrite: Replace an existing folder at `output_dir`.
+
+        Returns:
+            The adapter's state dict (LoRA factors in the adapter's original dtype, plus its heads).
+        """
+        tensors = self.reconstruct_state_dict(name)
+        if output_dir is not None:
+            write_peft_adapter(output_dir, config=self.peft_config(name), tensors=tensors, overwrite=overwrite)
+            logger.info("wrote adapter %r to %s", name, output_dir)
+        return tensors
+
+    def apply(self, base_model: torch.nn.Module, adapter_name: str | Sequence[str]):
+        """Load adapter(s) into a model and return a `peft.PeftModel`, with no temporary files.
+
+        Args:
+            base_model: A transformers model (modified in place, as `PeftModel.from_pretrained` does), or a
+                `PeftModel` to which the adapters are added.
+            adapter_name: One name, or several; the first one is made active. Switch with
+                `peft_model.set_adapter(name)`.
+
+        Returns:
+            `peft.PeftModel` in inference mode.
+        """
+        from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if not names:
+            raise InvalidArgumentError("apply() needs at least one adapter name; found an empty list")
+        model = base_model
+        for name in names:
+            config = PeftConfig.from_peft_type(**self.peft_config(name))
+            config.inference_mode = True
+            try:
+                if isinstance(model, PeftModel):
+                    model.add_adapter(name, config)
+                else:
+                    model = get_peft_model(model, config, adapter_name=name)
+            except (ValueError, KeyError) as exc:
+                raise ShareError(
+                    f"could not attach adapter {name!r} to {type(base_model).__name__}: {exc}; the adapter was "
+                    f"trained on {config.base_model_name_or_path!r}: pass that base model"
+                ) from exc
+            result = set_peft_model_state_dict(model, self.reconstruct_state_dict(name), adapter_name=name)
+            unexpected = [k for k in result.unexpected_keys if "lora_" in k or "modules_to_save" in k]
+            if unexpected:
+                raise ShareError(f"adapter {name!r} did not fit the model: unexpected keys {unexpected[:5]}")
+        model.set_adapter(names[0])
+        model.eval()
+        return model
+
+    # ------------------------------------------------------------------ quality
+
+    def reconstruction_error(self, name: str, original_path: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Relative errors of one adapter, per module and overall.
+
+        Without `original_path`, the dW-level errors measured at compression time (stored in the checkpoint)
+        are returned. With the original adapter folder (or Hub id), they are measured afresh, dW-level and per
+        factor (`lora_A`, `lora_B` in the adapter's own parametrization).
+
+        Returns:
+            `{"adapter", "overall", "per_module": {module: {"dw": ..., ["lora_A": ..., "lora_B": ...]}}}`
+            where each figure is `||x - x_hat||_F / ||x||_F` and `overall` pools all modules' dW.
+        """
+        meta = self._meta(name)
+        if original_path is None:
+            per = {m: {"dw": e} for m, e in meta["dw_error"].items()}
+            return {"adapter": name, "overall": self._ckpt.config["stats"]["dw_error"][name],
+                    "measured": "at compression", "per_module": per}
+        src = open_adapter(original_path, name=name)
+        per, pooled = {}, []
+        for module in sorted(meta["ranks"], key=_natural_key):
+            if module not in src.modules:
+                raise ShareError(f"the original adapter at {original_path} has no LoRA module {module!r}; "
+                                 f"is it the adapter that was compressed as {name!r}?")
+            a, b = (t.to(self.device, torch.float32) for t in src.load_factors(module))
+            a_hat, b_hat = self._factors(name, module)
+            s = src.modules[module].scale
+            abs_err, rel = core.dw_error(b, a, b_hat, a_hat, scale=s, scale_hat=float(meta["scales"][module]))
+            norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]), scale=s)
+            pooled.append((float(abs_err), float(norm)))
+            per[module] = {"dw": float(rel),
+                           "lora_A": float(core.relative_error(a, a_hat)),
+                           "lora_B": float(core.relative_error(b, b_hat))}
+        return {"adapter": name, "overall": _overall(pooled), "measured": "against original", "per_module": per}
+
+    # ------------------------------------------------------------------ writing
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False) -> dict[str, int]:
+        """Write the checkpoint (atomically: it appears whole or not at all).
+
+        Args:
+            save_directory: Target folder; must not exist unless `overwrite=True`.
+            overwrite: Replace an existing checkpoint (the old one is removed only once the new one is complete).
+
+        Returns:
+            Bytes written per file (relative path -> bytes).
+        """
+        written = save_checkpoint(self._ckpt, save_directory, overwrite=overwrite)
+        self._ckpt.path = Path(save_directory)
+        logger.info("saved checkpoint to %s (%d bytes)", save_directory, sum(written.values()))
+        return written
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None, revision: str | None = None) -> str:
+        """Upload the checkpoint to a Hub model repo (created if missing). Returns the commit URL."""
+        with tempfile.TemporaryDirectory(prefix="lorashare-push-") as tmp:
+            folder = Path(tmp) / "checkpoint"
+            save_checkpoint(self._ckpt, folder)
+            return push_checkpoint_to_hub(folder, repo_id, private=private, token=token,
+                                          commit_message=commit_message or "Upload lorashare checkpoint",
+                                          revision=revision)
+
+
+def _ratio(abs_err: float, norm: float) -> float:
+    if norm == 0.0:
+        return 0.0 if abs_err == 0.0 else math.inf
+    return abs_err / norm
+
+
+def _overall(pairs) -> float:
+    """Pool per-module (abs error, norm) pairs into one relative error over the whole adapter."""
+    pairs = list(pairs)
+    return _ratio(math.sqrt(sum(e * e for e, _ in pairs)), math.sqrt(sum(n * n for _, n in pairs)))
