@@ -1,0 +1,720 @@
+"""The lorashare checkpoint on disk, and plain PEFT adapter folders written from tensors.
+
+Layout (format version 1)::
+
+    checkpoint/
+      share_config.json              # format version, method, adapters, k per group, stats
+      shared_components.safetensors  # "<module>.lora_A.basis" (d_in, k), "<module>.lora_B.basis"
+                                     # (d_out, k), "<module>.lora_{A,B}.mean" when centered
+      adapters/<name>/
+        loadings.safetensors         # "<module>.lora_A" (k_A, r), "<module>.lora_B" (k_B, r)
+        classifier_head.safetensors  # carried tensors (heads, ...), only when there are any
+        adapter_meta.json            # original PEFT config, source, dtype, ranks, scales, bytes
+
+Everything is written through one atomic-folder helper: a checkpoint appears whole or not at all,
+and an existing one is replaced only after its successor is complete. Reading checks the files
+against ``share_config.json`` and reports every problem found in one :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from share_core.errors import (
+    CheckpointError,
+    InvalidAdapterError,
+    ShareError,
+    UnknownAdapterError,
+)
+from share_hf._io import (
+    FLOAT_DTYPE_NAMES,
+    atomic_directory,
+    download_snapshot,
+    load_safetensors,
+    looks_like_hub_id,
+    name_problem,
+    read_json,
+    read_safetensors_header,
+    save_safetensors,
+)
+from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "checkpoint_file_bytes",
+    "load_checkpoint",
+    "push_checkpoint_to_hub",
+    "save_checkpoint",
+    "write_peft_adapter",
+]
+
+FORMAT_VERSION = 1
+
+CONFIG_FILE = "share_config.json"
+COMPONENTS_FILE = "shared_components.safetensors"
+ADAPTERS_DIR = "adapters"
+LOADINGS_FILE = "loadings.safetensors"
+HEAD_FILE = "classifier_head.safetensors"
+META_FILE = "adapter_meta.json"
+README_FILE = "README.md"
+
+_REQUIRED_KEYS = ("format_version", "method", "adapters", "groups")
+_OPTIONAL_KEYS = ("library", "library_version", "base_model_name_or_path", "options", "stats")
+_REQUIRED_META_KEYS = ("peft_config", "ranks", "scales", "dtype")
+_SIDES = {"lora_A": "d_in", "lora_B": "d_out"}
+
+_FIX = "Fix: re-create the checkpoint (lorashare compress ... --overwrite) or restore its files."
+
+
+@dataclass
+class Checkpoint:
+    """A lorashare checkpoint in memory.
+
+    Attributes:
+        config: ``share_config.json``.
+        components: ``shared_components.safetensors``: bases and means per (module, side).
+        loadings: Adapter name -> ``adapters/<name>/loadings.safetensors``.
+        heads: Adapter name -> carried tensors (``classifier_head.safetensors``); ``{}`` when the
+            adapter has none, and then no file is written.
+        metas: Adapter name -> ``adapters/<name>/adapter_meta.json``.
+        path: The folder it was loaded from, if any.
+
+    After ``load_checkpoint(..., adapters=[...])`` the per-adapter dicts hold only the adapters
+    asked for, while ``config["adapters"]`` still lists all of them.
+    """
+
+    config: dict
+    components: dict[str, torch.Tensor]
+    loadings: dict[str, dict[str, torch.Tensor]]
+    heads: dict[str, dict[str, torch.Tensor]]
+    metas: dict[str, dict]
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Side:
+    k: int
+    centered: bool
+    d: int
+
+
+def _is_int(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+# ------------------------------------------------------------------------------ config checks
+
+
+def _format_version_problems(config: Mapping) -> list[str]:
+    version = config.get("format_version")
+    if "format_version" in config and not _is_int(version, 1):
+        return [f"{CONFIG_FILE}: format_version must be a positive integer, found {version!r}"]
+    return []
+
+
+def _raise_if_newer(config: Mapping, where: str) -> None:
+    """A newer format raises at once: nothing else in it can be trusted to mean the same."""
+    version = config.get("format_version")
+    if _is_int(version, 1) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} uses checkpoint format {version}, written by a newer lorashare; this version "
+            f"reads format {FORMAT_VERSION} only. Fix: upgrade lorashare (pip install -U lorashare)."
+        )
+
+
+def _adapter_names(config: Mapping) -> tuple[list[str] | None, list[str]]:
+    """The adapter list of share_config.json, or None when it is unusable; plus problems."""
+    names = config.get("adapters")
+    if "adapters" not in config:
+        return None, []
+    if not isinstance(names, list):
+        return None, [f"{CONFIG_FILE}: 'adapters' must be a list of names, found {type(names).__name__}"]
+    problems = [f"{CONFIG_FILE}: {p}" for p in map(name_problem, names) if p is not None]
+    dups = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    problems += [f"{CONFIG_FILE}: adapter {n!r} is listed more than once" for n in dups]
+    return (None if problems else list(names)), problems
+
+
+def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str]]:
+    """The sides of one group that are well formed, and the problems of the others."""
+    where = f"{CONFIG_FILE}: group {module!r}"
+    if not isinstance(group, dict):
+        return {}, [f"{where} must be an object, found {type(group).__name__}"]
+    problems = [
+        f"{where}: {dim!r} must be a positive integer, found {group.get(dim)!r}"
+        for dim in ("d_in", "d_out")
+        if not _is_int(group.get(dim), 1)
+    ]
+    sides = {}
+    for side, dim in _SIDES.items():
+        spec = group.get(side)
+        if not isinstance(spec, dict):
+            problems.append(f"{where} lacks {side!r} (an object with 'k' and 'centered')")
+            continue
+        bad = []
+        if not _is_int(spec.get("k"), 0):
+            bad.append(f"{where}: {side}.k must be an integer >= 0, found {spec.get('k')!r}")
+        if not isinstance(spec.get("centered"), bool):
+            bad.append(f"{where}: {side}.centered must be true or false, found {spec.get('centered')!r}")
+        problems += bad
+        if not bad and _is_int(group.get(dim), 1):
+            sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim])
+    return sides, problems
+
+
+def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | None, dict]:
+    """(problems, unknown keys, adapter names or None, parsed groups) of a share_config.json."""
+    problems = [f"{CONFIG_FILE} lacks the required key {key!r}" for key in _REQUIRED_KEYS if key not in config]
+    problems += _format_version_problems(config)
+    unknown = sorted(set(config) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
+    if "method" in config and config["method"] != "share":
+        problems.append(f"{CONFIG_FILE}: method must be 'share', found {config['method']!r}")
+    if "library" in config and config["library"] != "lorashare":
+        problems.append(f"{CONFIG_FILE}: library must be 'lorashare', found {config['library']!r}")
+    names, name_problems = _adapter_names(config)
+    problems += name_problems
+    groups = config.get("groups", {})
+    parsed: dict[str, dict[str, _Side]] = {}
+    if not isinstance(groups, dict):
+        problems.append(f"{CONFIG_FILE}: 'groups' must be an object, found {type(groups).__name__}")
+        groups = {}
+    for module, group in groups.items():
+        parsed[module], group_problems = _parse_group(module, group)
+        problems += group_problems
+    return problems, unknown, names, parsed
+
+
+# ------------------------------------------------------------------------------ shape checks
+
+
+def _split_key(key: str, suffixes: Sequence[str]) -> tuple[str, str] | None:
+    """'<module>.<side><suffix>' -> (module, side) for side in lora_A/lora_B, else None."""
+    for suffix in suffixes:
+        for side in _SIDES:
+            tail = f".{side}{suffix}"
+            if key.endswith(tail):
+                return key[: -len(tail)], side
+    return None
+
+
+def _shape_problems(
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    *,
+    where: str,
+    malformed: set[tuple[str, str]],
+    suffixes: Sequence[str],
+) -> list[str]:
+    """Missing keys, wrong shapes, and keys nobody expects (unless their group is malformed:
+    that is reported already, and its keys cannot be judged)."""
+    problems = []
+    for key, shape in expected.items():
+        if key not in found:
+            problems.append(f"{where} lacks tensor {key!r} (expected shape {list(shape)})")
+        elif tuple(found[key]) != tuple(shape):
+            problems.append(
+                f"{where}: tensor {key!r} has shape {list(found[key])}, but share_config.json "
+                f"and the adapter metadata give {list(shape)}"
+            )
+    for key in sorted(set(found) - set(expected)):
+        if _split_key(key, suffixes) not in malformed:
+            problems.append(f"{where} holds tensor {key!r}, which share_config.json does not describe")
+    return problems
+
+
+def _component_problems(groups: Mapping[str, dict[str, _Side]], found: Mapping) -> list[str]:
+    expected = {}
+    for module, sides in groups.items():
+        for side, s in sides.items():
+            expected[f"{module}.{side}.basis"] = (s.d, s.k)
+            if s.centered:
+                expected[f"{module}.{side}.mean"] = (s.d,)
+    malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides}
+    return _shape_problems(expected, found, where=COMPONENTS_FILE, malformed=malformed, suffixes=(".basis", ".mean"))
+
+
+def _meta_problems(meta: Mapping, where: str) -> tuple[list[str], dict[str, int]]:
+    """Problems of one adapter_meta.json, and its valid ranks."""
+    problems = [f"{where} lacks the required key {key!r}" for key in _REQUIRED_META_KEYS if key not in meta]
+    if "peft_config" in meta and not isinstance(meta["peft_config"], dict):
+        problems.append(f"{where}: 'peft_config' must be an object")
+    if "dtype" in meta and meta["dtype"] not in FLOAT_DTYPE_NAMES:
+        problems.append(
+            f"{where}: 'dtype' must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {meta['dtype']!r}"
+        )
+    for key in ("ranks", "scales"):
+        if key in meta and not isinstance(meta[key], dict):
+            problems.append(f"{where}: {key!r} must be an object of module -> value")
+    ranks = meta.get("ranks") if isinstance(meta.get("ranks"), dict) else {}
+    valid = {m: r for m, r in ranks.items() if _is_int(r, 1)}
+    problems += [f"{where}: rank of {m!r} must be a positive integer, found {r!r}" for m, r in ranks.items() if m not in valid]
+    return problems, valid
+
+
+def _adapter_problems(
+    name: str,
+    groups: Mapping[str, dict[str, _Side]],
+    meta: Mapping | None,
+    loadings: Mapping[str, tuple[int, ...]] | None,
+) -> list[str]:
+    """Problems of one adapter's meta and loadings against the groups of share_config.json."""
+    if meta is None:
+        return []
+    meta_where = f"{ADAPTERS_DIR}/{name}/{META_FILE}"
+    problems, ranks = _meta_problems(meta, meta_where)
+    raw_ranks = meta.get("ranks") if isinstance(meta.get("ranks"), dict) else None
+    if raw_ranks is not None:
+        missing = [m for m in groups if m not in raw_ranks]
+        extra = [m for m in raw_ranks if m not in groups]
+        problems += [f"{meta_where}: no rank for module {m!r}" for m in missing]
+        problems += [f"{meta_where}: rank given for {m!r}, which is not a group of {CONFIG_FILE}" for m in extra]
+    if loadings is None:
+        return problems
+    expected = {
+        f"{module}.{side}": (s.k, ranks[module])
+        for module, sides in groups.items()
+        if module in ranks
+        for side, s in sides.items()
+    }
+    malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides or m not in ranks}
+    where = f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}"
+    return problems + _shape_problems(expected, loadings, where=where, malformed=malformed, suffixes=("",))
+
+
+def _problem_report(where: str, problems: Sequence[str]) -> str:
+    return (
+        f"{where} is damaged or inconsistent ({len(problems)} problem(s)):\n  - "
+        + "\n  - ".join(problems)
+        + f"\n{_FIX}"
+    )
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _resolve_checkpoint(path_or_id, adapters: Sequence[str] | None, revision, token) -> Path:
+    source = os.fspath(path_or_id)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(
+            f"expected a lorashare checkpoint folder, found a file: {source!r}. Fix: pass the "
+            f"folder that holds {CONFIG_FILE}."
+        )
+    if not looks_like_hub_id(source):
+        raise CheckpointError(
+            f"expected a lorashare checkpoint folder or a Hub id like org/name, found {source!r}, "
+            "which is neither an existing folder nor a Hub id. Fix: check the path."
+        )
+    if adapters is None:
+        per_adapter = [f"{ADAPTERS_DIR}/*"]
+    else:
+        per_adapter = [f"{ADAPTERS_DIR}/{glob.escape(n)}/*" for n in adapters]
+    return download_snapshot(
+        source,
+        allow_patterns=[CONFIG_FILE, COMPONENTS_FILE, *per_adapter],
+        revision=revision,
+        token=token,
+        error=CheckpointError,
+        what="lorashare checkpoint",
+    )
+
+
+def _read_config(folder: Path) -> dict:
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{folder} has no {CONFIG_FILE}, so it is not a lorashare checkpoint (expected "
+            f"{CONFIG_FILE}, {COMPONENTS_FILE} and {ADAPTERS_DIR}/<name>/). Fix: pass the folder "
+            "written by SHAREModel.save / lorashare compress."
+        )
+    return read_json(folder / CONFIG_FILE, error=CheckpointError, context=f"checkpoint {folder}")
+
+
+def _select(names: list[str] | None, adapters: Sequence[str] | None, folder: Path) -> list[str] | None:
+    if adapters is None or names is None:
+        return names
+    if isinstance(adapters, str):
+        adapters = [adapters]
+    unknown = [a for a in adapters if a not in names]
+    if unknown:
+        raise UnknownAdapterError(
+            f"checkpoint {folder} has no adapter {', '.join(map(repr, unknown))}; it holds "
+            f"{len(names)}: {', '.join(names)}. Fix: ask for one of those names."
+        )
+    return list(dict.fromkeys(adapters))
+
+
+def _header_or_problem(path: Path, problems: list[str]) -> dict[str, tuple[int, ...]] | None:
+    try:
+        header = read_safetensors_header(path, error=CheckpointError, context="checkpoint")
+    except CheckpointError as exc:
+        problems.append(str(exc).removeprefix("checkpoint: "))
+        return None
+    return {key: shape for key, (shape, _) in header.items()}
+
+
+def _json_or_problem(path: Path, problems: list[str]) -> dict | None:
+    if not path.is_file():
+        problems.append(f"{path} is missing")
+        return None
+    try:
+        return read_json(path, error=CheckpointError, context="checkpoint")
+    except CheckpointError as exc:
+        problems.append(str(exc).removeprefix("checkpoint: "))
+        return None
+
+
+def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[str], dict[str, dict]]:
+    """Check a checkpoint folder without loading tensor data.
+
+    Returns:
+        ``(config, selected adapter names, metas of those adapters)``.
+
+    Raises:
+        CheckpointError: Every problem found, in one message.
+        UnknownAdapterError: An adapter in `adapters` is not in the checkpoint.
+    """
+    config = _read_config(folder)
+    _raise_if_newer(config, f"checkpoint {folder}")
+    problems, unknown, names, groups = _check_config(config)
+    if unknown:
+        warnings.warn(
+            f"checkpoint {folder}: {CONFIG_FILE} has keys this lorashare does not know "
+            f"({', '.join(unknown)}); they are ignored. A newer lorashare may have written them.",
+            stacklevel=3,
+        )
+    selected = _select(names, adapters, folder)
+    if selected is None:
+        raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
+    components = _header_or_problem(folder / COMPONENTS_FILE, problems)
+    if components is not None:
+        problems += _component_problems(groups, components)
+    metas = {}
+    for name in selected:
+        adir = folder / ADAPTERS_DIR / name
+        if not adir.is_dir():
+            problems.append(f"adapter {name!r} is listed in {CONFIG_FILE} but {ADAPTERS_DIR}/{name}/ is missing")
+            continue
+        meta = _json_or_problem(adir / META_FILE, problems)
+        loadings = _header_or_problem(adir / LOADINGS_FILE, problems)
+        if (adir / HEAD_FILE).exists():
+            _header_or_problem(adir / HEAD_FILE, problems)
+        problems += _adapter_problems(name, groups, meta, loadings)
+        if meta is not None:
+            metas[name] = meta
+    if adapters is None:
+        _warn_stray_adapters(folder, selected)
+    if problems:
+        raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
+    return config, selected, metas
+
+
+def _warn_stray_adapters(folder: Path, names: Sequence[str]) -> None:
+    root = folder / ADAPTERS_DIR
+    stray = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names) if root.is_dir() else []
+    if stray:
+        warnings.warn(
+            f"checkpoint {folder}: {ADAPTERS_DIR}/ holds folders not listed in {CONFIG_FILE} "
+            f"({', '.join(stray)}); they are ignored.",
+            stacklevel=4,
+        )
+
+
+def load_checkpoint(
+    path_or_id: str | os.PathLike,
+    *,
+    adapters: Sequence[str] | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+) -> Checkpoint:
+    """Read a lorashare checkpoint from a folder or a Hub repo, checking it against its config.
+
+    Args:
+        path_or_id: A checkpoint folder, or a Hub repo id ``org/name`` (only the files needed are
+            fetched; the local HF cache is used when ``HF_HUB_OFFLINE=1``).
+        adapters: Names of the adapters to read; ``None`` reads all. Other adapters' files are
+            neither downloaded nor opened.
+        revision: Hub branch, tag or commit (ignored for local folders).
+        token: Hub token for private repos (ignored for local folders).
+
+    Returns:
+        A :class:`Checkpoint` whose per-adapter dicts hold the selected adapters.
+
+    Raises:
+        CheckpointError: Not a checkpoint, unreachable, newer format, or damaged; every problem
+            found (missing files or keys, shapes that disagree with the config, corrupt JSON or
+            safetensors) is listed in one message.
+        UnknownAdapterError: An adapter in `adapters` is not in the checkpoint.
+
+    Example:
+        ```python
+        ckpt = load_checkpoint("org/glue-share", adapters=["sst2"])
+        ckpt.loadings["sst2"]["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A"]
+        ```
+    """
+    if isinstance(adapters, str):
+        adapters = [adapters]
+    folder = _resolve_checkpoint(path_or_id, adapters, revision, token)
+    config, selected, metas = _inspect(folder, adapters)
+    context = f"checkpoint {folder}"
+    components = load_safetensors(folder / COMPONENTS_FILE, error=CheckpointError, context=context)
+    loadings, heads = {}, {}
+    for name in selected:
+        adir = folder / ADAPTERS_DIR / name
+        loadings[name] = load_safetensors(adir / LOADINGS_FILE, error=CheckpointError, context=context)
+        has_head = (adir / HEAD_FILE).is_file()
+        heads[name] = load_safetensors(adir / HEAD_FILE, error=CheckpointError, context=context) if has_head else {}
+    return Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas, path=folder)
+
+
+def checkpoint_file_bytes(directory: str | os.PathLike) -> dict[str, int]:
+    """Bytes on disk of every file of the checkpoint in `directory`, by relative path.
+
+    Only the files of the layout count (for the adapters listed in ``share_config.json``), so a
+    model card or stray file beside them does not.
+
+    Raises:
+        CheckpointError: `directory` is not a checkpoint.
+    """
+    folder = Path(directory)
+    config = _read_config(folder)
+    names = config.get("adapters") if isinstance(config.get("adapters"), list) else []
+    rels = [CONFIG_FILE, COMPONENTS_FILE]
+    for name in names:
+        if name_problem(name) is None:
+            rels += [f"{ADAPTERS_DIR}/{name}/{f}" for f in (LOADINGS_FILE, HEAD_FILE, META_FILE)]
+    return {rel: (folder / rel).stat().st_size for rel in rels if (folder / rel).is_file()}
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _tensor_shapes(tensors: object, where: str, problems: list[str]) -> dict[str, tuple[int, ...]] | None:
+    if not isinstance(tensors, Mapping):
+        problems.append(f"{where} must be a dict of name -> tensor, found {type(tensors).__name__}")
+        return None
+    bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    problems += [f"{where}: {k!r} is not a str -> torch.Tensor entry" for k in bad]
+    return {k: tuple(v.shape) for k, v in tensors.items() if k not in bad}
+
+
+def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
+    """Everything that would make `ckpt` fail to load once written."""
+    if not isinstance(ckpt.config, dict):
+        return [f"config must be a dict, found {type(ckpt.config).__name__}"]
+    problems, _, names, groups = _check_config(ckpt.config)
+    if ckpt.config.get("format_version") != FORMAT_VERSION:
+        problems.append(f"{CONFIG_FILE}: format_version must be {FORMAT_VERSION}, found {ckpt.config.get('format_version')!r}")
+    components = _tensor_shapes(ckpt.components, COMPONENTS_FILE, problems)
+    if components is not None:
+        problems += _component_problems(groups, components)
+    if names is None:
+        return problems
+    for attr in ("loadings", "metas", "heads"):
+        given = getattr(ckpt, attr)
+        extra = sorted(set(given) - set(names), key=str)
+        problems += [f"{attr}[{n!r}] belongs to no adapter listed in {CONFIG_FILE}" for n in extra]
+    for name in names:
+        if name not in ckpt.loadings or name not in ckpt.metas:
+            problems.append(f"adapter {name!r} is listed in {CONFIG_FILE} but has no loadings or meta")
+            continue
+        meta = ckpt.metas[name]
+        if not isinstance(meta, dict):
+            problems.append(f"metas[{name!r}] must be a dict, found {type(meta).__name__}")
+            continue
+        loadings = _tensor_shapes(ckpt.loadings[name], f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}", problems)
+        problems += _adapter_problems(name, groups, meta, loadings)
+        _tensor_shapes(ckpt.heads.get(name) or {}, f"{ADAPTERS_DIR}/{name}/{HEAD_FILE}", problems)
+    return problems
+
+
+def _json_text(data: object, what: str, error: type[ShareError]) -> str:
+    try:
+        return json.dumps(data, indent=2) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, None, lists and dicts.") from exc
+
+
+def save_checkpoint(
+    ckpt: Checkpoint, directory: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, int]:
+    """Write `ckpt` to `directory` atomically.
+
+    Everything is written into a hidden folder beside `directory`, flushed to disk, and renamed
+    into place; on any error that folder is removed and `directory` is untouched. With
+    `overwrite`, an existing checkpoint is replaced only once the new one is complete.
+
+    Args:
+        ckpt: The checkpoint; it is checked first, as :func:`load_checkpoint` would check it.
+        directory: The checkpoint folder to create.
+        overwrite: Replace an existing checkpoint (an empty folder may always be used).
+
+    Returns:
+        Bytes on disk per written file, by path relative to `directory`.
+
+    Raises:
+        CheckpointExistsError: `directory` exists (without `overwrite`), is a file, or is a
+            non-empty folder that is not a checkpoint.
+        CheckpointError: `ckpt` is inconsistent (every problem listed) or not JSON-serializable.
+
+    Example:
+        ```python
+        sizes = save_checkpoint(ckpt, "glue-share")
+        print(sum(sizes.values()), "bytes")
+        ```
+    """
+    problems = _checkpoint_problems(ckpt)
+    if problems:
+        raise CheckpointError(
+            f"refusing to save an inconsistent checkpoint ({len(problems)} problem(s)):\n  - "
+            + "\n  - ".join(problems)
+        )
+    names = ckpt.config["adapters"]
+    config_text = _json_text(ckpt.config, CONFIG_FILE, CheckpointError)
+    meta_texts = {n: _json_text(ckpt.metas[n], f"{ADAPTERS_DIR}/{n}/{META_FILE}", CheckpointError) for n in names}
+    with atomic_directory(directory, overwrite=overwrite, marker=CONFIG_FILE, what="lorashare checkpoint") as tmp:
+        (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        save_safetensors(tmp / COMPONENTS_FILE, ckpt.components)
+        for name in names:
+            adir = tmp / ADAPTERS_DIR / name
+            adir.mkdir(parents=True)
+            save_safetensors(adir / LOADINGS_FILE, ckpt.loadings[name])
+            if ckpt.heads.get(name):
+                save_safetensors(adir / HEAD_FILE, ckpt.heads[name])
+            (adir / META_FILE).write_text(meta_texts[name], encoding="utf-8")
+    return checkpoint_file_bytes(directory)
+
+
+def write_peft_adapter(
+    directory: str | os.PathLike,
+    *,
+    config: Mapping,
+    tensors: Mapping[str, torch.Tensor],
+    overwrite: bool = False,
+) -> Path:
+    """Write a plain PEFT adapter folder that ``PeftModel.from_pretrained`` loads as is.
+
+    Writes ``adapter_config.json`` (sorted keys, indent 2, sets as lists, as PEFT does) and
+    ``adapter_model.safetensors`` with metadata ``{"format": "pt"}``, atomically like
+    :func:`save_checkpoint`.
+
+    Args:
+        directory: The adapter folder to create.
+        config: The PEFT config (must name ``peft_type``).
+        tensors: Saved keys -> tensors, e.g. ``"base_model.model....query.lora_A.weight"``.
+        overwrite: Replace an existing adapter folder.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        InvalidAdapterError: No tensors, a non-tensor value, or a config without ``peft_type`` or
+            not JSON-serializable.
+        CheckpointExistsError: `directory` exists (without `overwrite`), is a file, or is a
+            non-empty folder that is not a PEFT adapter.
+    """
+    if not isinstance(config, Mapping) or "peft_type" not in config:
+        raise InvalidAdapterError(
+            f"cannot write a PEFT adapter to {directory}: the config must be a dict with "
+            "'peft_type' (e.g. the source adapter's adapter_config.json)."
+        )
+    if not tensors or any(not isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise InvalidAdapterError(
+            f"cannot write a PEFT adapter to {directory}: expected a non-empty dict of "
+            "key -> torch.Tensor."
+        )
+    data = {k: _set_as_list(v) for k, v in config.items()}
+    try:
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise InvalidAdapterError(
+            f"cannot write a PEFT adapter to {directory}: the config is not JSON-serializable ({exc})."
+        ) from exc
+    with atomic_directory(directory, overwrite=overwrite, marker=ADAPTER_CONFIG_FILE, what="PEFT adapter") as tmp:
+        (tmp / ADAPTER_CONFIG_FILE).write_text(text, encoding="utf-8")
+        save_safetensors(tmp / ADAPTER_WEIGHTS_FILE, tensors)
+    return Path(directory)
+
+
+def _set_as_list(value: object) -> object:
+    if not isinstance(value, (set, frozenset)):
+        return value
+    try:
+        return sorted(value)
+    except TypeError:
+        return list(value)
+
+
+# ------------------------------------------------------------------------------ Hub
+
+
+def push_checkpoint_to_hub(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> str:
+    """Upload a checkpoint folder to a Hub model repo (created if needed) in one commit.
+
+    The checkpoint is checked first (as :func:`load_checkpoint` would, without reading tensor
+    data). Only the files of the layout (and a ``README.md`` model card, if present) are sent, and
+    adapter folders left on the Hub by an earlier push are deleted in the same commit, so the repo
+    matches the folder.
+
+    Args:
+        directory: A checkpoint folder.
+        repo_id: ``org/name`` on the Hub.
+        private: Visibility when the repo is created (``None``: the Hub's default).
+        token: Hub token with write access (``None``: the saved login).
+        commit_message: Defaults to ``"Upload lorashare checkpoint (N adapters)"``.
+        revision: Branch to commit to (created from the default branch if missing).
+
+    Returns:
+        The URL of the commit.
+
+    Raises:
+        CheckpointError: The folder is not a sound checkpoint.
+        ShareError: The Hub refused (message says why; the Hub error is chained).
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(directory)
+    _, names, _ = _inspect(folder, None)
+    files = sorted(checkpoint_file_bytes(folder))
+    if (folder / README_FILE).is_file():
+        files.append(README_FILE)
+    api = HfApi(token=token)
+    message = commit_message or f"Upload lorashare checkpoint ({len(names)} adapters)"
+    try:
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not revision.startswith("refs/"):
+            api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=message,
+            allow_patterns=[glob.escape(f) for f in files],
+            delete_patterns=[f"{ADAPTERS_DIR}/*"],
+        )
+    except Exception as exc:  # HfHubHTTPError, connection and validation errors of the one call
+        raise ShareError(
+            f"could not push checkpoint {folder} to the Hub repo {repo_id!r} "
+            f"({type(exc).__name__}: {exc}). Fix: check the repo id, your network, and that your "
+            "token has write access (`hf auth login` or token=...)."
+        ) from exc
+    return str(getattr(info, "commit_url", info))
