@@ -23,7 +23,7 @@ from pathlib import Path, PureWindowsPath
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from share_core.errors import CheckpointExistsError, ShareError
 
@@ -305,6 +305,11 @@ def prepare_for_save(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     """Write `tensors` to `path` with the metadata PEFT writes (``{"format": "pt"}``)."""
     save_file(prepare_for_save(tensors), os.fspath(path), metadata=dict(SAFETENSORS_METADATA))
+
+
+def safetensors_nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Exact size of the file :func:`save_safetensors` would write for `tensors` (serialized in memory)."""
+    return len(save(prepare_for_save(tensors), metadata=dict(SAFETENSORS_METADATA)))
 
 
 # -------------------------------------------------------------------------------------- Hub

@@ -43,6 +43,7 @@ from share_hf._io import (
     name_problem,
     read_json,
     read_safetensors_header,
+    safetensors_nbytes,
     save_safetensors,
 )
 from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
@@ -51,6 +52,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "checkpoint_file_bytes",
+    "checkpoint_nbytes",
     "load_checkpoint",
     "push_checkpoint_to_hub",
     "save_checkpoint",
@@ -494,6 +496,30 @@ def checkpoint_file_bytes(directory: str | os.PathLike) -> dict[str, int]:
         if name_problem(name) is None:
             rels += [f"{ADAPTERS_DIR}/{name}/{f}" for f in (LOADINGS_FILE, HEAD_FILE, META_FILE)]
     return {rel: (folder / rel).stat().st_size for rel in rels if (folder / rel).is_file()}
+
+
+def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
+    """Bytes each file of `ckpt` takes once written by :func:`save_checkpoint`, by relative path.
+
+    Computed in memory (JSON text and safetensors serialized, nothing written), so it equals
+    what :func:`save_checkpoint` returns for the same checkpoint. After a partial load only the
+    loaded adapters are counted.
+    """
+    sizes = {
+        CONFIG_FILE: len(_json_text(ckpt.config, CONFIG_FILE, CheckpointError).encode("utf-8")),
+        COMPONENTS_FILE: safetensors_nbytes(ckpt.components),
+    }
+    for name in ckpt.config.get("adapters", []):
+        if name not in ckpt.loadings:
+            continue
+        prefix = f"{ADAPTERS_DIR}/{name}/"
+        sizes[prefix + LOADINGS_FILE] = safetensors_nbytes(ckpt.loadings[name])
+        if ckpt.heads.get(name):
+            sizes[prefix + HEAD_FILE] = safetensors_nbytes(ckpt.heads[name])
+        if name in ckpt.metas:
+            text = _json_text(ckpt.metas[name], prefix + META_FILE, CheckpointError)
+            sizes[prefix + META_FILE] = len(text.encode("utf-8"))
+    return sizes
 
 
 # ------------------------------------------------------------------------------ writing
