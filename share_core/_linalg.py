@@ -1,0 +1,124 @@
+"""The owners of the decompositions: :func:`eigh` (public) and :func:`svd` / :func:`qr`.
+
+Every eigendecomposition in ``share_core`` goes through :func:`eigh` and every SVD through
+:func:`svd`, so symmetrization, half-precision upcasting, ordering, clipping and the sign
+convention live in one place each.
+"""
+
+from __future__ import annotations
+
+from share_core._arguments import InvalidArgumentError, check_matrix
+from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
+from share_core.errors import ShapeError
+
+__all__ = ["eigh", "svd", "qr", "column_signs", "check_finite"]
+
+
+def column_signs(u: Array, xp: Namespace) -> Array:
+    """Signs (+1/-1, shape ``(k,)``) that make the largest-magnitude entry of each column positive.
+
+    This is scikit-learn's ``svd_flip`` rule. Ties go to the first (lowest-row) entry.
+
+    Parameters
+    ----------
+    u : array, shape (d, k)
+        Columns to orient.
+    xp : namespace
+
+    Returns
+    -------
+    signs : array, shape (k,)
+        Same dtype and device as `u`; multiply ``u * signs`` to orient the columns.
+    """
+    rows = xp.arange(u.shape[0], device=device(u))
+    where_max = xp.argmax(xp.abs(u), axis=0)
+    onehot = rows[:, None] == xp.astype(where_max, rows.dtype)[None, :]
+    picked = xp.sum(xp.where(onehot, u, xp.zeros_like(u)), axis=0)
+    ones = xp.ones_like(picked)
+    return xp.where(picked < 0, -ones, ones)
+
+
+def check_finite(x: Array, name: str, caller: str, xp: Namespace) -> None:
+    """InvalidArgumentError when `x` holds NaN or infinity (one device sync)."""
+    if not bool(xp.all(xp.isfinite(x))):
+        raise InvalidArgumentError(
+            f"share_core.{caller}: {name} of shape {tuple(x.shape)} contains NaN or infinity; "
+            "the adapter weights are corrupt or overflowed, check them before compressing"
+        )
+
+
+def eigh(s: Array, /, *, xp: Namespace | None = None) -> tuple[Array, Array]:
+    """Eigendecomposition of a symmetric matrix, descending, clipped at zero, signs fixed.
+
+    The input is symmetrized as ``(s + s.mT) / 2`` first, so a scatter matrix that is
+    symmetric only up to rounding is handled consistently.
+
+    Parameters
+    ----------
+    s : array, shape (d, d)
+        Symmetric (e.g. covariance or Gram) matrix. Not modified.
+    xp : namespace, optional
+        Array namespace; inferred from `s` when omitted.
+
+    Returns
+    -------
+    w : array, shape (d,)
+        Eigenvalues in descending order; negative values (rounding noise of a positive
+        semi-definite matrix) are clipped to zero.
+    v : array, shape (d, d)
+        Orthonormal eigenvectors as columns, ``v[:, j]`` belonging to ``w[j]``. The entry of
+        largest magnitude in each column is positive.
+
+    Both outputs are float32 for float16/bfloat16 input and keep float32/float64 otherwise,
+    in the namespace and on the device of `s`.
+
+    Raises
+    ------
+    ShapeError
+        When `s` is not square.
+    BackendError
+        When the namespace has no ``linalg.eigh``.
+    """
+    xp = array_namespace(s) if xp is None else xp
+    d, d2 = check_matrix(s, "s")
+    if d != d2:
+        raise ShapeError(f"eigh expects a square matrix (d, d), found shape {(d, d2)}")
+    decompose = linalg_function(xp, "eigh", "eigh")
+    s = as_work(s, work_dtype(xp, s), xp)
+    w, v = decompose((s + s.mT) / 2)
+    w = xp.flip(w, axis=0)
+    v = xp.flip(v, axis=1)
+    w = xp.where(w > 0, w, xp.zeros_like(w))
+    return w, v * column_signs(v, xp)[None, :]
+
+
+def svd(x: Array, caller: str, xp: Namespace) -> tuple[Array, Array, Array]:
+    """Thin SVD ``x = u @ diag(s) @ vh`` with the sign rule applied to `u` (and `vh` to match).
+
+    Parameters
+    ----------
+    x : array, shape (d, n)
+        Already in its working dtype (callers upcast half precision).
+    caller : str
+        Public function name for the :class:`BackendError` message.
+    xp : namespace
+
+    Returns
+    -------
+    u : array, shape (d, m)
+        ``m = min(d, n)``; the largest-magnitude entry of each column is positive.
+    s : array, shape (m,)
+        Singular values, descending.
+    vh : array, shape (m, n)
+    """
+    decompose = linalg_function(xp, "svd", caller)
+    u, s, vh = decompose(x, full_matrices=False)
+    signs = column_signs(u, xp)
+    return u * signs[None, :], s, vh * signs[:, None]
+
+
+def qr(x: Array, caller: str, xp: Namespace) -> tuple[Array, Array]:
+    """Reduced QR of `x` (d, n): ``q`` (d, m) orthonormal, ``r`` (m, n), ``m = min(d, n)``."""
+    decompose = linalg_function(xp, "qr", caller)
+    q, r = decompose(x, mode="reduced")
+    return q, r
