@@ -5,7 +5,7 @@ One place owns each of these so that adapters and checkpoints behave alike:
 - :func:`check_name`: names that become folder names (adapter names) stay inside their folder.
 - :func:`atomic_directory`: a folder appears whole or not at all, and an existing one is replaced
   only after its successor is complete.
-- :func:`read_json`, :func:`write_json`, :func:`read_safetensors_header`, :func:`load_safetensors`,
+- :func:`read_json`, :func:`read_safetensors_header`, :func:`load_safetensors`,
   :func:`save_safetensors`: file access whose errors name the file.
 - :func:`looks_like_hub_id`, :func:`download_snapshot`: Hub access through ``snapshot_download``.
 """
@@ -223,11 +223,6 @@ def read_json(path: Path, *, error: type[ShareError], context: str) -> dict:
     return data
 
 
-def write_json(path: Path, data: Mapping, *, sort_keys: bool) -> None:
-    """Write `data` as indented JSON with a trailing newline (PEFT's layout with sort_keys)."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
-
-
 # ------------------------------------------------------------------------------- safetensors
 
 
@@ -342,7 +337,9 @@ def download_snapshot(
         folder = snapshot_download(
             repo_id, allow_patterns=allow_patterns, revision=revision, token=token
         )
-    except Exception as exc:  # every failure of the one Hub call means "cannot be had"
+    except (TypeError, AttributeError, NameError):
+        raise  # a bug, not a missing repo
+    except Exception as exc:  # any other failure of the one Hub call means "cannot be had"
         rev = f" at revision {revision!r}" if revision else ""
         raise error(
             f"expected a local {what} folder or a Hub repo id like org/name, found {repo_id!r}: "

@@ -630,7 +630,8 @@ def write_peft_adapter(
 ) -> Path:
     """Write a plain PEFT adapter folder that ``PeftModel.from_pretrained`` loads as is.
 
-    Writes ``adapter_config.json`` (sorted keys, indent 2, sets as lists, as PEFT does) and
+    Writes ``adapter_config.json`` (sorted keys, indent 2, no trailing newline, sets as lists, as
+    PEFT does) and
     ``adapter_model.safetensors`` with metadata ``{"format": "pt"}``, atomically like
     :func:`save_checkpoint`.
 
@@ -661,7 +662,7 @@ def write_peft_adapter(
         )
     data = {k: _set_as_list(v) for k, v in config.items()}
     try:
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        text = json.dumps(data, indent=2, sort_keys=True)  # byte for byte what PEFT writes
     except (TypeError, ValueError) as exc:
         raise InvalidAdapterError(
             f"cannot write a PEFT adapter to {directory}: the config is not JSON-serializable ({exc})."
@@ -737,7 +738,9 @@ def push_checkpoint_to_hub(
             allow_patterns=[glob.escape(f) for f in files],
             delete_patterns=[f"{ADAPTERS_DIR}/*"],
         )
-    except Exception as exc:  # HfHubHTTPError, connection and validation errors of the one call
+    except (TypeError, AttributeError, NameError):
+        raise  # a bug, not the Hub saying no
+    except Exception as exc:  # HfHubHTTPError, connection and validation errors of these calls
         raise ShareError(
             f"could not push checkpoint {folder} to the Hub repo {repo_id!r} "
             f"({type(exc).__name__}: {exc}). Fix: check the repo id, your network, and that your "
