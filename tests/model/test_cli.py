@@ -48,7 +48,7 @@ def test_compress_info_reconstruct_end_to_end(adapters, tmp_path):
     assert rec.returncode == 0, rec.stderr
     for src in adapters:
         assert f"{src.name} -> {out / src.name}" in rec.stdout
-                torch.testing.assert_close(logits_of(out / src.name), logits_of(src), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(logits_of(out / src.name), logits_of(src), rtol=1e-4, atol=1e-5)
 
     one = run("reconstruct", str(ckpt), "--adapter", "beta", "-o", str(tmp_path / "beta_only"))
     assert one.returncode == 0, one.stderr

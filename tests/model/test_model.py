@@ -65,7 +65,7 @@ def test_lower_k_reports_the_error_measured_independently(bert_adapters, tmp_pat
     share = SHAREModel.from_adapters(bert_adapters, num_components=3)
     assert {share.num_components(m, s) for m in share.modules for s in ("lora_A", "lora_B")} == {3}
     for src in bert_adapters:
-        out = tmp_path / src.name
+        out = tmp_path / "restored" / src.name
         share.reconstruct(src.name, output_dir=out)
         measured = dense_dw_error(src, out)
         assert measured > 1e-3  # k=3 < rank: something is lost
@@ -93,7 +93,7 @@ def test_auto_k_meets_the_variance_threshold_per_group(bert_adapters):
 def test_peft_loads_every_reconstruction_with_no_missing_or_unexpected_keys(bert_adapters, tmp_path):
     share = SHAREModel.from_adapters(bert_adapters, num_components=2)
     for src in bert_adapters:
-        out = tmp_path / src.name
+        out = tmp_path / "restored" / src.name
         share.reconstruct(src.name, output_dir=out)
         original_keys = set(load_file(src / "adapter_model.safetensors"))
         assert set(load_file(out / "adapter_model.safetensors")) == original_keys
@@ -103,7 +103,7 @@ def test_peft_loads_every_reconstruction_with_no_missing_or_unexpected_keys(bert
         # the same scaling as the original adapter
         original = PeftModel.from_pretrained(base_bert(), str(src))
         q = "base_model.model.bert.encoder.layer.0.attention.self.query"
-        assert model.get_submodule(q).scaling == original.get_submodule(q).scaling
+        assert model.get_submodule(q).scaling["default"] == original.get_submodule(q).scaling["default"]
 
 
 def test_config_alpha_heads_and_dtype_are_preserved(tmp_path):
@@ -186,8 +186,8 @@ def test_partial_load_reads_only_the_asked_adapter(bert_adapters, tmp_path):
         (ckpt / "adapters" / other).rmdir()
     share = SHAREModel.from_pretrained(ckpt, adapters=["cola"])
     assert share.adapter_names == ["cola"]
-    share.reconstruct("cola", output_dir=tmp_path / "cola")
-    torch.testing.assert_close(logits_of(tmp_path / "cola"), logits_of(bert_adapters[1]), rtol=1e-4, atol=1e-5)
+    share.reconstruct("cola", output_dir=tmp_path / "restored_cola")
+    torch.testing.assert_close(logits_of(tmp_path / "restored_cola"), logits_of(bert_adapters[1]), rtol=1e-4, atol=1e-5)
     with pytest.raises(UnknownAdapterError, match="sst2"):
         share.reconstruct("sst2")
 
@@ -198,8 +198,8 @@ def test_centering_is_exact_at_full_rank(bert_adapters, tmp_path):
     assert group["lora_A"]["centered"] and group["lora_B"]["centered"]
     share.save_pretrained(tmp_path / "ckpt")
     loaded = SHAREModel.from_pretrained(tmp_path / "ckpt")
-    loaded.reconstruct("cola", output_dir=tmp_path / "cola")
-    torch.testing.assert_close(logits_of(tmp_path / "cola"), logits_of(bert_adapters[1]), rtol=1e-4, atol=1e-5)
+    loaded.reconstruct("cola", output_dir=tmp_path / "restored_cola")
+    torch.testing.assert_close(logits_of(tmp_path / "restored_cola"), logits_of(bert_adapters[1]), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_options_and_inputs_raise_share_errors(bert_adapters, tmp_path):
