@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from share_core._arguments import InvalidArgumentError, check_matrix, check_real
-from share_core._compat import Array, Namespace, array_namespace, as_work, linalg_function, work_dtype
-from share_core._linalg import check_finite, column_signs, eigh, svd
+from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
+from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr, svd
 from share_core._stats import center as center_columns
 
-__all__ = ["basis", "METHODS"]
+__all__ = ["basis", "basis_with_route", "METHODS"]
 
 METHODS = ("auto", "svd", "gram", "covariance")
 
@@ -17,46 +19,59 @@ def _count_above(values: Array, threshold: Array, xp: Namespace) -> int:
     return int(xp.sum(xp.astype(values > threshold, xp.int32)))
 
 
-def _svd_route(x: Array, rtol: float, xp: Namespace) -> tuple[Array, Array]:
-    """Thin SVD of x (d, n): keep singular values > rtol * s_max."""
+def _svd_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Thin SVD of x (d, n): keep singular values > rtol * max(s_max, scale)."""
     u, s, _ = svd(x, "basis", xp)
-    q = _count_above(s, rtol * s[0], xp)
+    q = _count_above(s, rtol * xp.maximum(s[0], scale), xp)
     return u[:, :q], (s * s)[:q]
 
 
-def _eig_floor(rtol: float, size: int, eps: float) -> float:
-    """Relative eigenvalue threshold of the squared routes.
+def _eig_threshold(w: Array, rtol: float, scale: Array, eps: float, xp: Namespace) -> Array:
+    """Eigenvalue threshold (0-d) of the squared routes, for descending eigenvalues `w` of a
+    Gram or covariance matrix of size ``len(w)``.
 
-    An eigenvalue of a (size, size) Gram or covariance matrix is only known to about
-    ``size * eps * w_max``; smaller ones are rounding noise, so the threshold on
-    ``w = s**2`` is ``max(rtol**2, size * eps)`` times the largest eigenvalue.
+    Two limits, the larger wins: the rank rule on singular values, ``s <= rtol * s_ref`` i.e.
+    ``w <= rtol**2 * max(w_max, scale**2)``; and what the eigensolver resolves: an eigenvalue
+    is only known to about ``size * eps * w_max``, smaller ones are rounding noise.
     """
-    return max(rtol * rtol, size * eps)
+    rank_rule = rtol * rtol * xp.maximum(w[0], scale * scale)
+    return xp.maximum(rank_rule, w.shape[0] * eps * w[0])
 
 
-def _gram_route(x: Array, rtol: float, xp: Namespace) -> tuple[Array, Array]:
-    """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = x V / s."""
-    w, v = eigh(x.mT @ x, xp=xp)
-    floor = _eig_floor(rtol, x.shape[1], xp.finfo(x.dtype).eps)
-    q = _count_above(w, floor * w[0], xp)
-    w = w[:q]
-    u = (x @ v[:, :q]) / xp.sqrt(w)[None, :]
-    return u * column_signs(u, xp)[None, :], w
+def _unit_scaled(x: Array, xp: Namespace) -> tuple[Array, Array]:
+    """x / c with c = max |x| (1 for zero data), so that squaring neither underflows nor overflows."""
+    big = xp.max(xp.abs(x))
+    c = xp.where(big > 0, big, xp.ones_like(big))
+    return x / c, c
 
 
-def _covariance_route(x: Array, rtol: float, xp: Namespace) -> tuple[Array, Array]:
+def _gram_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V).
+
+    ``x V / s`` is the textbook formula, but the small eigenvalues of x^T x carry an absolute
+    error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns
+    (relative error ``eps * kappa**2``); a reduced QR of ``x V`` normalizes them instead.
+    """
+    y, c = _unit_scaled(x, xp)
+    w, v = eigh(y.mT @ y, xp=xp)
+    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(x.dtype).eps, xp), xp)
+    u, _ = qr(y @ v[:, :q], "basis", xp)
+    return u * column_signs(u, xp)[None, :], w[:q] * (c * c)
+
+
+def _covariance_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
     """Eigenvectors of the (d, d) scatter x x^T."""
-    w, v = eigh(x @ x.mT, xp=xp)
-    floor = _eig_floor(rtol, x.shape[0], xp.finfo(x.dtype).eps)
-    q = _count_above(w, floor * w[0], xp)
-    return v[:, :q], w[:q]
+    y, c = _unit_scaled(x, xp)
+    w, v = eigh(y @ y.mT, xp=xp)
+    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(x.dtype).eps, xp), xp)
+    return v[:, :q], w[:q] * (c * c)
 
 
 _ROUTES = {"svd": _svd_route, "gram": _gram_route, "covariance": _covariance_route}
-_NEEDS = {"auto": ("svd", "eigh"), "svd": ("svd",), "gram": ("eigh",), "covariance": ("eigh",)}
+_NEEDS = {"auto": ("svd", "eigh"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
 
 
-def _auto(x: Array, rtol: float, max_rank: int, xp: Namespace) -> tuple[Array, Array]:
+def _auto(x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace) -> tuple[Array, Array, str]:
     """Cheapest exact route: thin SVD when n < d; covariance when n >= d, unless rank-deficient.
 
     The covariance route is exact when it finds the full rank (its basis then spans
@@ -66,11 +81,11 @@ def _auto(x: Array, rtol: float, max_rank: int, xp: Namespace) -> tuple[Array, A
     """
     d, n = x.shape
     if n < d:
-        return _svd_route(x, rtol, xp)
-    u, energies = _covariance_route(x, rtol, xp)
+        return (*_svd_route(x, rtol, scale, xp), "svd")
+    u, energies = _covariance_route(x, rtol, scale, xp)
     if u.shape[1] < max_rank:
-        return _svd_route(x, rtol, xp)
-    return u, energies
+        return (*_svd_route(x, rtol, scale, xp), "covariance->svd")
+    return u, energies, "covariance"
 
 
 def _check_options(method: str, rtol: float | None) -> float | None:
@@ -104,16 +119,19 @@ def basis(
         Subtract the column mean first and return it; reconstruction must add it back.
     method : {"auto", "svd", "gram", "covariance"}, default "auto"
         ``"svd"``: thin SVD of the (d, n) data. ``"gram"``: eigendecomposition of the (n, n)
-        Gram matrix, ``u = x v / s``. ``"covariance"``: eigendecomposition of the (d, d)
+        Gram matrix, ``u = orth(x v)``. ``"covariance"``: eigendecomposition of the (d, d)
         scatter. ``"auto"``: thin SVD when ``n < d``; the covariance route when ``n >= d``
         and it finds the full rank ``min(d, n - center)``, the thin SVD otherwise. The Gram
         and covariance routes square the condition number, so they only resolve singular
         values down to about ``sqrt(size * eps) * s_max``; "auto" uses them only where that
         cannot lose a component.
     rtol : float, optional
-        Components with singular value ``<= rtol * s_max`` are dropped. Default
-        ``max(d, n) * eps`` of the working dtype (NumPy's ``matrix_rank`` rule). The Gram and
-        covariance routes threshold eigenvalues at ``max(rtol**2, size * eps) * w_max``.
+        Components with singular value ``<= rtol * s_ref`` are dropped, ``s_ref = s_max``
+        (NumPy's ``matrix_rank`` rule). Default ``max(d, n) * eps`` of the working dtype.
+        With `center`, ``s_ref = max(s_max, sqrt(n) * ||mean||)``: centering leaves rounding
+        residue of order ``eps * sqrt(n) * ||mean||``, which must not count as rank. The Gram
+        and covariance routes also drop eigenvalues ``<= size * eps * w_max`` (``size`` of the
+        decomposed matrix): below that they are rounding noise.
     xp : namespace, optional
         Array namespace; inferred from `x` when omitted.
 
@@ -139,6 +157,17 @@ def basis(
     BackendError
         When the namespace has no ``linalg``.
     """
+    u, energies, mean, _ = basis_with_route(x, center=center, method=method, rtol=rtol, xp=xp)
+    return u, energies, mean
+
+
+def basis_with_route(
+    x: Array, /, *, center: bool = False, method: str = "auto", rtol: float | None = None, xp: Namespace | None = None
+) -> tuple[Array, Array, Array | None, str]:
+    """:func:`basis` plus the route taken ("svd", "gram", "covariance" or "covariance->svd").
+
+    Private: the benchmark reports which route "auto" took.
+    """
     xp = array_namespace(x) if xp is None else xp
     d, n = check_matrix(x, "x", nonempty=True)
     rtol = _check_options(method, rtol)
@@ -146,13 +175,13 @@ def basis(
         linalg_function(xp, name, "basis")
     x = as_work(x, work_dtype(xp, x), xp)
     check_finite(x, "x", "basis", xp)
-    mean = None
+    mean, scale = None, xp.zeros((), dtype=x.dtype, device=device(x))
     if center:
         x, mean = center_columns(x, xp=xp)
+        scale = frobenius(mean, xp) * math.sqrt(n)
     if rtol is None:
         rtol = max(d, n) * xp.finfo(x.dtype).eps
     if method == "auto":
-        u, energies = _auto(x, rtol, min(d, n - int(bool(center))), xp)
-    else:
-        u, energies = _ROUTES[method](x, rtol, xp)
-    return u, energies, mean
+        u, energies, route = _auto(x, rtol, scale, min(d, n - int(bool(center))), xp)
+        return u, energies, mean, route
+    return (*_ROUTES[method](x, rtol, scale, xp), mean, method)

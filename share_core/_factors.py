@@ -6,7 +6,7 @@ import math
 
 from share_core._arguments import check_matrix, check_real
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, work_dtype
-from share_core._linalg import column_signs, qr, svd
+from share_core._linalg import column_signs, frobenius, qr, svd
 from share_core.errors import ShapeError
 
 __all__ = ["fold_scale", "balance", "dw_error", "relative_error"]
@@ -22,13 +22,6 @@ def _check_pair(b: Array, a: Array, names: tuple[str, str] = ("b", "a")) -> tupl
             f"found shapes {tuple(b.shape)} and {tuple(a.shape)}"
         )
     return d_out, r, d_in
-
-
-def _frobenius(x: Array, xp: Namespace) -> Array:
-    """Frobenius norm as a 0-d array, scaled by max |x| so squares neither overflow nor underflow."""
-    big = xp.max(xp.abs(x)) if math.prod(x.shape) > 0 else xp.zeros((), dtype=x.dtype, device=device(x))
-    safe = xp.where(big > 0, big, xp.ones_like(big))
-    return xp.sqrt(xp.sum((x / safe) ** 2)) * big
 
 
 def _ratio(num: Array, den: Array, xp: Namespace) -> Array:
@@ -120,7 +113,7 @@ def _product_norm(b: Array, a: Array, xp: Namespace) -> Array:
     """||b @ a||_F (0-d) from the R factors of b and a.mT: ||Rb Ra^T||_F."""
     _, rb = qr(b, "dw_error", xp)
     _, ra = qr(a.mT, "dw_error", xp)
-    return _frobenius(rb @ ra.mT, xp)
+    return frobenius(rb @ ra.mT, xp)
 
 
 def dw_error(
@@ -209,4 +202,4 @@ def relative_error(x: Array, x_hat: Array, /, *, xp: Namespace | None = None) ->
         raise ShapeError(f"expected x and x_hat of the same shape, found {tuple(x.shape)} and {tuple(x_hat.shape)}")
     dtype = work_dtype(xp, x, x_hat)
     x, x_hat = as_work(x, dtype, xp), as_work(x_hat, dtype, xp)
-    return xp.asarray(_ratio(_frobenius(x - x_hat, xp), _frobenius(x, xp), xp))
+    return xp.asarray(_ratio(frobenius(x - x_hat, xp), frobenius(x, xp), xp))

@@ -7,11 +7,22 @@ convention live in one place each.
 
 from __future__ import annotations
 
+import math
+
 from share_core._arguments import InvalidArgumentError, check_matrix
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
 from share_core.errors import ShapeError
 
-__all__ = ["eigh", "svd", "qr", "column_signs", "check_finite"]
+__all__ = ["eigh", "svd", "qr", "column_signs", "check_finite", "frobenius"]
+
+
+def frobenius(x: Array, xp: Namespace) -> Array:
+    """Frobenius norm (0-d array) of any-shape `x`, scaled by max |x| so squares cannot under/overflow."""
+    if math.prod(x.shape) == 0:
+        return xp.zeros((), dtype=x.dtype, device=device(x))
+    big = xp.max(xp.abs(x))
+    safe = xp.where(big > 0, big, xp.ones_like(big))
+    return xp.sqrt(xp.sum((x / safe) ** 2)) * big
 
 
 def column_signs(u: Array, xp: Namespace) -> Array:

@@ -1,0 +1,191 @@
+"""basis, project, reconstruct: the exactness contract on every backend and every route."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import share_core as sc
+from core_testing import BY_NAME, TOL, low_rank, matrices, orthonormal, projector, rel
+from share_core._basis import basis_with_route
+
+ROUTES = ["auto", "svd", "gram", "covariance"]
+
+
+def _roundtrip(backend, x_np, dtype, *, center=False, method="auto", k=None):
+    """basis of x, then reconstruct x from its first k components; numpy results."""
+    x = backend.asarray(x_np, dtype)
+    u, energies, mean = sc.basis(x, center=center, method=method)
+    u = u[:, :k] if k is not None else u
+    x_hat = sc.reconstruct(sc.project(x, u, mean=mean), u, mean=mean)
+    return backend.to_numpy(u), backend.to_numpy(energies), backend.to_numpy(x_hat)
+
+
+def _held(x_np, dtype):
+    """The data exactly as a `dtype` array holds them, in float64."""
+    return x_np.astype(dtype).astype(np.float64)
+
+
+@pytest.mark.parametrize("method", ROUTES)
+@settings(max_examples=15, deadline=None)
+@given(data=matrices())
+def test_basis_is_orthonormal_and_its_projector_idempotent(backend, dtype, method, data):
+    x_np, _ = data
+    u, energies, _ = _roundtrip(backend, x_np, dtype, method=method)
+    q = u.shape[1]
+    assert np.allclose(u.T @ u, np.eye(q), atol=100 * TOL[dtype])
+    p = projector(u)
+    assert np.allclose(p, p.T, atol=100 * TOL[dtype])
+    assert np.allclose(p @ p, p, atol=100 * TOL[dtype])
+    assert np.all(np.diff(energies) <= 1e-6 * max(energies.max(initial=0), 1)), energies
+    assert np.all(energies > 0)
+
+
+@pytest.mark.parametrize("method", ROUTES)
+@settings(max_examples=15, deadline=None)
+@given(data=matrices())
+def test_reconstruction_is_exact_at_the_rank_without_centering(backend, dtype, method, data):
+    x_np, rank = data
+    u, energies, x_hat = _roundtrip(backend, x_np, dtype, method=method)
+    assert u.shape[1] == rank == energies.shape[0]
+    if rank:
+        assert rel(_held(x_np, dtype), x_hat) < TOL[dtype]
+        assert np.allclose(np.sqrt(energies), np.linalg.svd(x_np, compute_uv=False)[:rank], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ROUTES)
+@settings(max_examples=15, deadline=None)
+@given(data=matrices(offset=True))
+def test_reconstruction_is_exact_at_the_rank_with_centering(backend, dtype, method, data):
+    x_np, rank = data
+    u, _, x_hat = _roundtrip(backend, x_np, dtype, center=True, method=method)
+    centered_rank = np.linalg.matrix_rank(x_np - x_np.mean(axis=1, keepdims=True), tol=1e-6)
+    assert u.shape[1] == centered_rank <= rank
+    assert rel(_held(x_np, dtype), x_hat) < TOL[dtype]
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=matrices(min_rank=1), center=st.booleans())
+def test_error_never_increases_with_k(backend, dtype, data, center):
+    x_np, _ = data
+    x = backend.asarray(x_np, dtype)
+    u, _, mean = sc.basis(x, center=center)
+    errors = []
+    for k in range(u.shape[1] + 1):
+        loadings = sc.project(x, u[:, :k], mean=mean)
+        errors.append(float(sc.relative_error(x, sc.reconstruct(loadings, u[:, :k], mean=mean))))
+    assert all(b <= a + TOL[dtype] for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < TOL[dtype]
+
+
+def _condition(x_np, center):
+    """s_max / s_min over the nonzero singular values of the (centered) data (1 for zero data)."""
+    y = x_np - x_np.mean(axis=1, keepdims=True) if center else x_np
+    s = np.linalg.svd(y, compute_uv=False)
+    s = s[s > 1e-6 * max(s[0], 1e-300)]
+    return s[0] / s[-1] if s.size else 1.0
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=matrices(offset=True), center=st.booleans())
+def test_every_route_spans_the_same_subspace(backend, dtype, data, center):
+    """On well-conditioned data; the squared routes lose accuracy as eps * kappa**2 (see basis)."""
+    x_np, _ = data
+    assume(_condition(x_np, center) <= 10)
+    x = backend.asarray(x_np, dtype)
+    projectors = {m: projector(backend.to_numpy(sc.basis(x, center=center, method=m)[0])) for m in ROUTES}
+    for method in ROUTES[1:]:
+        assert np.allclose(projectors[method], projectors["auto"], atol=1e-4 if dtype == "float32" else 1e-9), method
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=matrices(offset=True), center=st.booleans())
+def test_numpy_and_torch_give_the_same_projector(dtype, data, center):
+    """Where the subspace is determined to the tolerance (its error grows as eps * kappa)."""
+    x_np, _ = data
+    assume(_condition(x_np, center) <= 100)
+    results = []
+    for name in ("numpy", "torch"):
+        backend = BY_NAME[name]
+        u, energies, _ = sc.basis(backend.asarray(x_np, dtype), center=center)
+        results.append((projector(backend.to_numpy(u)), backend.to_numpy(energies)))
+    (p_np, e_np), (p_t, e_t) = results
+    assert p_np.shape == p_t.shape
+    assert np.allclose(p_np, p_t, atol=1e-4 if dtype == "float32" else 1e-9)
+    assert np.allclose(e_np, e_t, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ROUTES)
+def test_signs_are_deterministic(backend, method):
+    x_np = low_rank(np.random.default_rng(3), 7, 5, [1.0, 0.7, 0.4, 0.2])
+    u = backend.to_numpy(sc.basis(backend.asarray(x_np), method=method)[0])
+    flipped = backend.to_numpy(sc.basis(backend.asarray(-x_np), method=method)[0])
+    largest = u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])]
+    assert np.all(largest > 0)
+    assert np.allclose(u, flipped, atol=1e-10)
+
+
+def test_auto_stays_exact_where_the_covariance_cannot_resolve_the_spectrum(backend):
+    """float32, n >= d, singular values down to 1e-4: below what a float32 covariance resolves."""
+    rng = np.random.default_rng(0)
+    x_np = low_rank(rng, 6, 40, [1.0, 0.5, 1e-2, 1e-3, 1e-4])
+    x = backend.asarray(x_np, "float32")
+    u, _, x_hat = _roundtrip(backend, x_np, "float32")
+    assert u.shape[1] == 5
+    assert rel(x_np, x_hat) < TOL["float32"]
+    u_cov = backend.to_numpy(sc.basis(x, method="covariance")[0])
+    assert u_cov.shape[1] < 5  # what "auto" must not settle for
+    assert basis_with_route(x)[3] == "covariance->svd"
+
+
+def test_auto_takes_the_covariance_route_for_wide_full_rank_data(backend):
+    x = backend.asarray(np.random.default_rng(1).standard_normal((6, 40)), "float32")
+    assert basis_with_route(x)[3] == "covariance"
+    assert basis_with_route(x[:, :5])[3] == "svd"
+
+
+def test_rtol_drops_small_singular_values(backend, dtype):
+    rng = np.random.default_rng(2)
+    x_np = low_rank(rng, 8, 6, [1.0, 0.5, 1e-3])
+    for method in ("svd", "auto"):
+        assert sc.basis(backend.asarray(x_np, dtype), method=method)[0].shape[1] == 3
+        assert sc.basis(backend.asarray(x_np, dtype), method=method, rtol=1e-2)[0].shape[1] == 2
+
+
+@pytest.mark.parametrize("method", ROUTES)
+@pytest.mark.parametrize("center", [False, True])
+def test_zero_data_has_rank_zero(backend, method, center):
+    u, energies, mean = sc.basis(backend.asarray(np.zeros((5, 3))), method=method, center=center)
+    assert tuple(u.shape) == (5, 0) and tuple(energies.shape) == (0,)
+    assert (mean is not None) == center
+
+
+def test_project_and_reconstruct_follow_their_formulas(backend, dtype):
+    rng = np.random.default_rng(4)
+    x_np, u_np, m_np = rng.standard_normal((6, 4)), orthonormal(rng, 6, 3), rng.standard_normal(6)
+    x, u, m = (backend.asarray(a, dtype) for a in (x_np, u_np, m_np))
+    loadings = sc.project(x, u, mean=m)
+    assert np.allclose(backend.to_numpy(loadings), u_np.T @ (x_np - m_np[:, None]), atol=1e-5)
+    assert np.allclose(backend.to_numpy(sc.reconstruct(loadings, u, mean=m)), u_np @ u_np.T @ (x_np - m_np[:, None]) + m_np[:, None], atol=1e-5)
+    assert np.allclose(backend.to_numpy(sc.project(x, u)), u_np.T @ x_np, atol=1e-5)
+
+
+def test_torch_half_precision_is_computed_in_float32():
+    rng = np.random.default_rng(5)
+    x_np = low_rank(rng, 16, 6, [1.0, 0.8, 0.5, 0.3])
+    for half in (torch.float16, torch.bfloat16):
+        x = torch.asarray(x_np).to(half)
+        exact = x.to(torch.float64)  # the half-precision data, held exactly
+        u, energies, mean = sc.basis(x, center=True)
+        assert u.dtype == energies.dtype == mean.dtype == torch.float32
+        u64, e64, _ = sc.basis(exact, center=True)
+        assert u.shape == u64.shape
+        # the 4 signal directions are well separated from the rounding noise of the half data
+        lead, lead64 = u[:, :4].double().numpy(), u64[:, :4].numpy()
+        assert np.allclose(projector(lead), projector(lead64), atol=1e-5)
+        assert np.allclose(energies.double().numpy(), e64.numpy(), rtol=1e-4, atol=1e-6)
+        x_hat = sc.reconstruct(sc.project(x, u, mean=mean), u, mean=mean)
+        assert x_hat.dtype == torch.float32 and rel(exact.numpy(), x_hat.double().numpy()) < TOL["float32"]
