@@ -39,6 +39,7 @@ def test_plain_bert_adapter_modules_ranks_shapes_and_head(tmp_path: Path) -> Non
                                  for f in ("adapter_config.json", "adapter_model.safetensors"))
 
 
+@pytest.mark.filterwarnings("ignore:The following alpha_pattern keys did not match")
 @pytest.mark.parametrize(
     "lora_kwargs",
     [
@@ -47,8 +48,11 @@ def test_plain_bert_adapter_modules_ranks_shapes_and_head(tmp_path: Path) -> Non
         {"rank_pattern": {"layer.1.attention.self.query": 2}, "alpha_pattern": {"value": 3}},
         {"use_rslora": True, "rank_pattern": {"^bert.encoder.layer.0.attention.self.value": 6, "query": 3},
          "alpha_pattern": {"1.attention.self.value": 5, "query": 12}},
+        # both keys match layer 0's query: the first one (in file order) wins; "ery" and "self"
+        # match no module, since a key must end the name and start after a dot
+        {"rank_pattern": {"layer.0.attention.self.query": 6, "query": 3}, "alpha_pattern": {"ery": 5, "self": 7}},
     ],
-    ids=["plain", "rslora", "patterns", "rslora-anchored-patterns"],
+    ids=["plain", "rslora", "patterns", "rslora-anchored-patterns", "first-match-wins-and-dot-boundaries"],
 )
 def test_ranks_and_scales_match_what_peft_uses(tmp_path: Path, lora_kwargs: dict) -> None:
     model = peft_model(r=4, alpha=8, **lora_kwargs)
