@@ -241,7 +241,9 @@ def _component_problems(groups: Mapping[str, dict[str, _Side]], found: Mapping) 
             if s.centered:
                 expected[f"{module}.{side}.mean"] = (s.d,)
     malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides}
-    return _shape_problems(expected, found, where=COMPONENTS_FILE, malformed=malformed, suffixes=(".basis", ".mean"))
+    return _shape_problems(
+        expected, found, where=COMPONENTS_FILE, malformed=malformed, suffixes=(".basis", ".mean")
+    )
 
 
 def _meta_problems(meta: Mapping, where: str) -> tuple[list[str], dict[str, int]]:
@@ -258,7 +260,11 @@ def _meta_problems(meta: Mapping, where: str) -> tuple[list[str], dict[str, int]
             problems.append(f"{where}: {key!r} must be an object of module -> value")
     ranks = meta.get("ranks") if isinstance(meta.get("ranks"), dict) else {}
     valid = {m: r for m, r in ranks.items() if _is_int(r, 1)}
-    problems += [f"{where}: rank of {m!r} must be a positive integer, found {r!r}" for m, r in ranks.items() if m not in valid]
+    problems += [
+        f"{where}: rank of {m!r} must be a positive integer, found {r!r}"
+        for m, r in ranks.items()
+        if m not in valid
+    ]
     return problems, valid
 
 
@@ -540,7 +546,8 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
         return [f"config must be a dict, found {type(ckpt.config).__name__}"]
     problems, _, names, groups = _check_config(ckpt.config)
     if ckpt.config.get("format_version") != FORMAT_VERSION:
-        problems.append(f"{CONFIG_FILE}: format_version must be {FORMAT_VERSION}, found {ckpt.config.get('format_version')!r}")
+        found = ckpt.config.get("format_version")
+        problems.append(f"{CONFIG_FILE}: format_version must be {FORMAT_VERSION}, found {found!r}")
     components = _tensor_shapes(ckpt.components, COMPONENTS_FILE, problems)
     if components is not None:
         problems += _component_problems(groups, components)
@@ -568,7 +575,10 @@ def _json_text(data: object, what: str, error: type[ShareError]) -> str:
     try:
         return json.dumps(data, indent=2) + "\n"
     except (TypeError, ValueError) as exc:
-        raise error(f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, None, lists and dicts.") from exc
+        raise error(
+            f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, "
+            "None, lists and dicts."
+        ) from exc
 
 
 def save_checkpoint(
@@ -583,7 +593,8 @@ def save_checkpoint(
     Args:
         ckpt: The checkpoint; it is checked first, as :func:`load_checkpoint` would check it.
         directory: The checkpoint folder to create.
-        overwrite: Replace an existing checkpoint (an empty folder may always be used).
+        overwrite: Replace an existing checkpoint, or use an existing empty folder. A non-empty
+            folder without ``share_config.json`` is never replaced.
 
     Returns:
         Bytes on disk per written file, by path relative to `directory`.

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import huggingface_hub.constants as hub_constants
 import pytest
-import torch
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
