@@ -12,6 +12,7 @@ from share_core._stats import center as center_columns
 __all__ = ["basis", "basis_with_route", "METHODS"]
 
 METHODS = ("auto", "svd", "gram", "covariance")
+_NEEDS = {"auto": ("svd", "eigh"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
 
 
 def _count_above(values: Array, threshold: Array, xp: Namespace) -> int:
@@ -26,64 +27,84 @@ def _svd_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Arra
     return u[:, :q], (s * s)[:q]
 
 
+def _squaring_dtype(x: Array, accumulate: bool, xp: Namespace):
+    """float64 for float32 data when `accumulate` (and the device has float64), else x.dtype."""
+    if not accumulate or x.dtype != xp.float32:
+        return x.dtype
+    try:
+        xp.zeros((), dtype=xp.float64, device=device(x))
+    except (TypeError, ValueError, RuntimeError):  # e.g. Apple MPS has no float64
+        return x.dtype
+    return xp.float64
+
+
+def _floor_binds(rtol: float, size: int, eps: float) -> bool:
+    """Whether rounding in a (size, size) squared matrix, not `rtol`, limits the rank decision."""
+    return size * eps >= rtol * rtol
+
+
 def _eig_threshold(w: Array, rtol: float, scale: Array, eps: float, xp: Namespace) -> Array:
-    """Eigenvalue threshold (0-d) of the squared routes, for descending eigenvalues `w` of a
-    Gram or covariance matrix of size ``len(w)``.
+    """Eigenvalue threshold (0-d) of the squared routes for descending eigenvalues `w`.
 
     Two limits, the larger wins: the rank rule on singular values, ``s <= rtol * s_ref`` i.e.
     ``w <= rtol**2 * max(w_max, scale**2)``; and what the eigensolver resolves: an eigenvalue
-    is only known to about ``size * eps * w_max``, smaller ones are rounding noise.
+    of a (size, size) matrix is only known to about ``size * eps * w_max``.
     """
     rank_rule = rtol * rtol * xp.maximum(w[0], scale * scale)
     return xp.maximum(rank_rule, w.shape[0] * eps * w[0])
 
 
-def _unit_scaled(x: Array, xp: Namespace) -> tuple[Array, Array]:
-    """x / c with c = max |x| (1 for zero data), so that squaring neither underflows nor overflows."""
-    big = xp.max(xp.abs(x))
+def _unit_scaled(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
+    """x / c in `dtype`, c = max |x| (1 for zero data): squaring neither underflows nor overflows."""
+    y = as_work(x, dtype, xp)
+    big = xp.max(xp.abs(y))
     c = xp.where(big > 0, big, xp.ones_like(big))
-    return x / c, c
+    return y / c, c
 
 
-def _gram_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
+def _gram_route(x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True) -> tuple[Array, Array]:
     """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V).
 
-    ``x V / s`` is the textbook formula, but the small eigenvalues of x^T x carry an absolute
-    error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns
-    (relative error ``eps * kappa**2``); a reduced QR of ``x V`` normalizes them instead.
+    ``x V / s`` is the textbook formula, but small eigenvalues of x^T x carry an absolute
+    error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns;
+    a reduced QR of ``x V`` normalizes them instead.
     """
-    y, c = _unit_scaled(x, xp)
+    y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
     w, v = eigh(y.mT @ y, xp=xp)
-    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(x.dtype).eps, xp), xp)
+    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
     u, _ = qr(y @ v[:, :q], "basis", xp)
-    return u * column_signs(u, xp)[None, :], w[:q] * (c * c)
+    u = as_work(u * column_signs(u, xp)[None, :], x.dtype, xp)
+    return u, as_work(w[:q] * (c * c), x.dtype, xp)
 
 
-def _covariance_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
+def _covariance_route(
+    x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True
+) -> tuple[Array, Array]:
     """Eigenvectors of the (d, d) scatter x x^T."""
-    y, c = _unit_scaled(x, xp)
+    y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
     w, v = eigh(y @ y.mT, xp=xp)
-    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(x.dtype).eps, xp), xp)
-    return v[:, :q], w[:q] * (c * c)
+    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
+    return as_work(v[:, :q], x.dtype, xp), as_work(w[:q] * (c * c), x.dtype, xp)
 
 
 _ROUTES = {"svd": _svd_route, "gram": _gram_route, "covariance": _covariance_route}
-_NEEDS = {"auto": ("svd", "eigh"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
 
 
 def _auto(x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace) -> tuple[Array, Array, str]:
-    """Cheapest exact route: thin SVD when n < d; covariance when n >= d, unless rank-deficient.
+    """Cheapest exact route: thin SVD when n < d, the covariance route when n >= d.
 
-    The covariance route is exact when it finds the full rank (its basis then spans
-    everything). When it finds fewer components than `max_rank`, the dropped directions may
-    hold singular values it cannot resolve (below ~sqrt(d * eps) * s_max), so the thin SVD
-    decides instead.
+    The covariance route squares the condition number, so it runs in float64 for float32
+    data, where the rank rule ``rtol`` (not rounding) decides what is kept. When it cannot
+    (float64 data, or no float64 on the device) and it finds fewer than `max_rank`
+    components, the dropped directions may hold singular values it cannot resolve, and the
+    thin SVD decides instead.
     """
     d, n = x.shape
     if n < d:
         return (*_svd_route(x, rtol, scale, xp), "svd")
     u, energies = _covariance_route(x, rtol, scale, xp)
-    if u.shape[1] < max_rank:
+    eps = xp.finfo(_squaring_dtype(x, True, xp)).eps
+    if u.shape[1] < max_rank and _floor_binds(rtol, d, eps):
         return (*_svd_route(x, rtol, scale, xp), "covariance->svd")
     return u, energies, "covariance"
 
@@ -120,18 +141,18 @@ def basis(
     method : {"auto", "svd", "gram", "covariance"}, default "auto"
         ``"svd"``: thin SVD of the (d, n) data. ``"gram"``: eigendecomposition of the (n, n)
         Gram matrix, ``u = orth(x v)``. ``"covariance"``: eigendecomposition of the (d, d)
-        scatter. ``"auto"``: thin SVD when ``n < d``; the covariance route when ``n >= d``
-        and it finds the full rank ``min(d, n - center)``, the thin SVD otherwise. The Gram
-        and covariance routes square the condition number, so they only resolve singular
-        values down to about ``sqrt(size * eps) * s_max``; "auto" uses them only where that
-        cannot lose a component.
+        scatter. ``"auto"``: the thin SVD when ``n < d``, the covariance route when
+        ``n >= d``. The Gram and covariance routes square the condition number, so they
+        run in float64 for float32 (and half-precision) data; for float64 data they resolve
+        singular values only down to about ``sqrt(size * eps) * s_max``, and "auto" then
+        redoes a rank-deficient covariance result with the thin SVD.
     rtol : float, optional
         Components with singular value ``<= rtol * s_ref`` are dropped, ``s_ref = s_max``
         (NumPy's ``matrix_rank`` rule). Default ``max(d, n) * eps`` of the working dtype.
         With `center`, ``s_ref = max(s_max, sqrt(n) * ||mean||)``: centering leaves rounding
         residue of order ``eps * sqrt(n) * ||mean||``, which must not count as rank. The Gram
         and covariance routes also drop eigenvalues ``<= size * eps * w_max`` (``size`` of the
-        decomposed matrix): below that they are rounding noise.
+        decomposed matrix, ``eps`` of the precision it is decomposed in): rounding noise.
     xp : namespace, optional
         Array namespace; inferred from `x` when omitted.
 
@@ -162,11 +183,20 @@ def basis(
 
 
 def basis_with_route(
-    x: Array, /, *, center: bool = False, method: str = "auto", rtol: float | None = None, xp: Namespace | None = None
+    x: Array,
+    /,
+    *,
+    center: bool = False,
+    method: str = "auto",
+    rtol: float | None = None,
+    accumulate: bool = True,
+    xp: Namespace | None = None,
 ) -> tuple[Array, Array, Array | None, str]:
     """:func:`basis` plus the route taken ("svd", "gram", "covariance" or "covariance->svd").
 
-    Private: the benchmark reports which route "auto" took.
+    Private, for the benchmark: it reports the route "auto" took, and ``accumulate=False``
+    runs a forced Gram or covariance route in the working precision (float32), to measure
+    what squaring the condition number costs there.
     """
     xp = array_namespace(x) if xp is None else xp
     d, n = check_matrix(x, "x", nonempty=True)
@@ -184,4 +214,6 @@ def basis_with_route(
     if method == "auto":
         u, energies, route = _auto(x, rtol, scale, min(d, n - int(bool(center))), xp)
         return u, energies, mean, route
-    return (*_ROUTES[method](x, rtol, scale, xp), mean, method)
+    if method == "svd":
+        return (*_svd_route(x, rtol, scale, xp), mean, method)
+    return (*_ROUTES[method](x, rtol, scale, xp, accumulate), mean, method)

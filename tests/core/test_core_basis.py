@@ -128,17 +128,26 @@ def test_signs_are_deterministic(backend, method):
     assert np.allclose(u, flipped, atol=1e-10)
 
 
-def test_auto_stays_exact_where_the_covariance_cannot_resolve_the_spectrum(backend):
-    """float32, n >= d, singular values down to 1e-4: below what a float32 covariance resolves."""
-    rng = np.random.default_rng(0)
-    x_np = low_rank(rng, 6, 40, [1.0, 0.5, 1e-2, 1e-3, 1e-4])
+def test_float32_covariance_route_resolves_the_spectrum_by_accumulating_in_float64(backend):
+    """float32, n >= d, singular values down to 1e-4: below what a float32 scatter resolves."""
+    x_np = low_rank(np.random.default_rng(0), 6, 40, [1.0, 0.5, 1e-2, 1e-3, 1e-4])
     x = backend.asarray(x_np, "float32")
     u, _, x_hat = _roundtrip(backend, x_np, "float32")
     assert u.shape[1] == 5
-    assert rel(x_np, x_hat) < TOL["float32"]
-    u_cov = backend.to_numpy(sc.basis(x, method="covariance")[0])
-    assert u_cov.shape[1] < 5  # what "auto" must not settle for
+    assert rel(_held(x_np, "float32"), x_hat) < TOL["float32"]
+    assert basis_with_route(x)[3] == "covariance"
+    assert basis_with_route(x, method="covariance", accumulate=False)[0].shape[1] < 5  # float32 alone
+
+
+def test_auto_redoes_a_rank_deficient_float64_covariance_with_the_svd(backend):
+    """float64 has no wider type: singular values of 1e-9 are below what its scatter resolves."""
+    x_np = low_rank(np.random.default_rng(0), 6, 40, [1.0, 0.5, 1e-5, 1e-9])
+    x = backend.asarray(x_np, "float64")
+    u, _, x_hat = _roundtrip(backend, x_np, "float64")
+    assert u.shape[1] == 4
+    assert rel(x_np, x_hat) < TOL["float64"]
     assert basis_with_route(x)[3] == "covariance->svd"
+    assert sc.basis(x, method="covariance")[0].shape[1] < 4
 
 
 def test_auto_takes_the_covariance_route_for_wide_full_rank_data(backend):
