@@ -2,8 +2,13 @@
 
 Every function takes arrays of any array-API library (NumPy, PyTorch on CPU or CUDA,
 array-api-strict, ...) and returns arrays of the same namespace and device. Arrays are
-positional-only, options keyword-only, ``xp=None`` last. Half-precision input (float16,
-bfloat16) is computed and returned in float32; float32 and float64 are kept.
+positional-only, options keyword-only, ``xp=None`` last. Inputs are never modified.
+
+Dtypes: half-precision input (float16, bfloat16) is computed and returned in float32;
+float32 and float64 are returned as they came (mixed inputs follow type promotion first).
+``stack`` computes nothing and keeps the promoted input dtype. Inside ``basis``, the Gram and
+covariance routes form and decompose their squared matrix in float64 for float32 data (the
+squared matrix doubles the digits needed), and cast the results back to float32.
 
 Notation, per target module and adapter i: ``A_i`` is (r_i, d_in), ``B_i`` is (d_out, r_i),
 the update is ``dW_i = s_i * B_i @ A_i``. The B side stacks ``[B_1 | ... | B_N]`` (d_out, sum r),

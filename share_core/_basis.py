@@ -93,20 +93,27 @@ _ROUTES = {"svd": _svd_route, "gram": _gram_route, "covariance": _covariance_rou
 def _auto(x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace) -> tuple[Array, Array, str]:
     """Cheapest exact route: thin SVD when n < d, the covariance route when n >= d.
 
-    The covariance route squares the condition number, so it runs in float64 for float32
-    data, where the rank rule ``rtol`` (not rounding) decides what is kept. When it cannot
-    (float64 data, or no float64 on the device) and it finds fewer than `max_rank`
-    components, the dropped directions may hold singular values it cannot resolve, and the
-    thin SVD decides instead.
+    The (d, d) scatter is first decomposed in the working precision: when every eigenvalue
+    clears the rounding floor, the basis is complete (q = d) and reconstruction is exact
+    whatever the accuracy of single vectors. Otherwise the small end of the spectrum is below
+    what that precision resolves, and the scatter is redone in float64 for float32 data
+    (where the rank rule `rtol`, not rounding, then decides). For float64 data there is no
+    wider type: a rank-deficient result is redone with the thin SVD.
     """
     d, n = x.shape
     if n < d:
         return (*_svd_route(x, rtol, scale, xp), "svd")
-    u, energies = _covariance_route(x, rtol, scale, xp)
+    u, energies = _covariance_route(x, rtol, scale, xp, accumulate=False)
+    if u.shape[1] == d:
+        return u, energies, "covariance"
+    route = "covariance"
+    if _squaring_dtype(x, True, xp) != x.dtype:
+        u, energies = _covariance_route(x, rtol, scale, xp, accumulate=True)
+        route = "covariance (float64)"
     eps = xp.finfo(_squaring_dtype(x, True, xp)).eps
     if u.shape[1] < max_rank and _floor_binds(rtol, d, eps):
         return (*_svd_route(x, rtol, scale, xp), "covariance->svd")
-    return u, energies, "covariance"
+    return u, energies, route
 
 
 def _check_options(method: str, rtol: float | None) -> float | None:
@@ -142,10 +149,12 @@ def basis(
         ``"svd"``: thin SVD of the (d, n) data. ``"gram"``: eigendecomposition of the (n, n)
         Gram matrix, ``u = orth(x v)``. ``"covariance"``: eigendecomposition of the (d, d)
         scatter. ``"auto"``: the thin SVD when ``n < d``, the covariance route when
-        ``n >= d``. The Gram and covariance routes square the condition number, so they
-        run in float64 for float32 (and half-precision) data; for float64 data they resolve
-        singular values only down to about ``sqrt(size * eps) * s_max``, and "auto" then
-        redoes a rank-deficient covariance result with the thin SVD.
+        ``n >= d``. The Gram and covariance routes square the condition number, so when
+        forced they run in float64 for float32 (and half-precision) data; "auto" first tries
+        the scatter in the working precision and keeps it when it yields a complete basis
+        (q = d), else redoes it in float64. For float64 data the squared routes resolve
+        singular values only down to about ``sqrt(size * eps) * s_max``, and "auto" redoes a
+        rank-deficient covariance result with the thin SVD.
     rtol : float, optional
         Components with singular value ``<= rtol * s_ref`` are dropped, ``s_ref = s_max``
         (NumPy's ``matrix_rank`` rule). Default ``max(d, n) * eps`` of the working dtype.
@@ -192,7 +201,8 @@ def basis_with_route(
     accumulate: bool = True,
     xp: Namespace | None = None,
 ) -> tuple[Array, Array, Array | None, str]:
-    """:func:`basis` plus the route taken ("svd", "gram", "covariance" or "covariance->svd").
+    """:func:`basis` plus the route taken: the `method` when forced; for "auto" one of
+    "svd", "covariance", "covariance (float64)", "covariance->svd".
 
     Private, for the benchmark: it reports the route "auto" took, and ``accumulate=False``
     runs a forced Gram or covariance route in the working precision (float32), to measure

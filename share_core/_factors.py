@@ -41,7 +41,8 @@ def fold_scale(b: Array, a: Array, /, *, scale: float, xp: Namespace | None = No
     b : array, shape (d_out, r)
     a : array, shape (r, d_in)
     scale : float
-        LoRA scale ``s`` (e.g. ``lora_alpha / r``); a negative scale puts its sign on `b`.
+        LoRA scale ``s`` (e.g. ``lora_alpha / r``), a finite Python real number; a negative
+        scale puts its sign on `b`.
     xp : namespace, optional
 
     Returns
@@ -58,7 +59,7 @@ def fold_scale(b: Array, a: Array, /, *, scale: float, xp: Namespace | None = No
     return as_work(b, dtype, xp) * math.copysign(root, s), as_work(a, dtype, xp) * root
 
 
-def balance(b: Array, a: Array, /, *, scale: float = 1.0, xp: Namespace | None = None) -> tuple[Array, Array]:
+def balance(b: Array, a: Array, /, *, scale: float, xp: Namespace | None = None) -> tuple[Array, Array]:
     """Re-factor ``scale * b @ a`` in balanced form ``U S^1/2, S^1/2 V^T`` with r-sized work only.
 
     With ``b = Qb Rb`` and ``a.mT = Qa Ra`` (reduced QR) the product is
@@ -69,8 +70,9 @@ def balance(b: Array, a: Array, /, *, scale: float = 1.0, xp: Namespace | None =
     ----------
     b : array, shape (d_out, r)
     a : array, shape (r, d_in)
-    scale : float, default 1.0
-        LoRA scale folded into the result (any sign).
+    scale : float
+        LoRA scale folded into the result (a Python real number, any sign; required so that
+        a forgotten ``lora_alpha / r`` cannot pass silently).
     xp : namespace, optional
 
     Returns

@@ -87,6 +87,8 @@ def eigh(s: Array, /, *, xp: Namespace | None = None) -> tuple[Array, Array]:
     ------
     ShapeError
         When `s` is not square.
+    InvalidArgumentError
+        When `s` is not floating or holds NaN or infinity.
     BackendError
         When the namespace has no ``linalg.eigh``.
     """
@@ -96,6 +98,7 @@ def eigh(s: Array, /, *, xp: Namespace | None = None) -> tuple[Array, Array]:
         raise ShapeError(f"eigh expects a square matrix (d, d), found shape {(d, d2)}")
     decompose = linalg_function(xp, "eigh", "eigh")
     s = as_work(s, work_dtype(xp, s), xp)
+    check_finite(s, "s", "eigh", xp)
     w, v = decompose((s + s.mT) / 2)
     w = xp.flip(w, axis=0)
     v = xp.flip(v, axis=1)
