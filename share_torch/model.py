@@ -26,6 +26,7 @@ from share_hf.checkpoint import (
     write_peft_adapter,
 )
 
+from ._compress import Reader, compress_module, pooled, ratio
 from ._progress import progress
 from ._summary import build_summary, format_summary
 from .version import __version__
@@ -160,10 +161,11 @@ class SHAREModel:
             center: Subtract each group's mean column before PCA; the mean is stored and added back.
             device: `"cpu"` (default), `"cuda"`, `"cuda:1"` or `"auto"`: where the linear algebra runs.
             dtype: Storage dtype of the basis and loadings; default is the adapters' own dtype.
-            layer_by_layer: Accepted for compatibility with lorashare 0.1; every compression already reads
-                one (module, side) group at a time from memory-mapped files.
-            chunk_size: Accepted for compatibility; exact chunked compression is not implemented yet and
-                the adapters are processed all together (a warning says so).
+            layer_by_layer: Read one module group of all adapters at a time from the memory-mapped files
+                (peak memory: one group plus the output) instead of reading every adapter's factors up front.
+                Same result within floating-point tolerance.
+            chunk_size: Fit each group's basis this many adapters at a time, merging the chunks' thin SVDs
+                exactly; the result equals the all-at-once basis within floating-point tolerance.
             show_progress: Progress bar on stderr: `None` shows it only on a terminal.
             revision, token: Passed to the Hub for Hub ids.
 
@@ -178,8 +180,6 @@ class SHAREModel:
         if chunk_size is not None:
             if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
                 raise InvalidArgumentError(f"chunk_size must be a positive integer or None; found {chunk_size!r}")
-            logger.warning("chunk_size=%d: exact chunked compression is not implemented yet; "
-                           "processing all adapters together", chunk_size)
         dev = _resolve_device(device)
         names = _normalize_sources(adapters)
 
@@ -194,57 +194,23 @@ class SHAREModel:
                     num_components, str(store_dtype).removeprefix("torch."))
 
         modules = sorted(sources[0].modules, key=_natural_key)
+        read = Reader.for_sources(
+            sources, modules, layer_by_layer=layer_by_layer, device=dev, dtype=compute_dtype,
+            wrap=lambda items: progress(items, desc="loading factors", total=len(sources), enabled=show_progress))
         components: dict[str, torch.Tensor] = {}
         loadings: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
         groups: dict[str, dict[str, Any]] = {}
         errors: dict[str, dict[str, tuple[float, float]]] = {s.name: {} for s in sources}
-
         for module in progress(modules, desc="compressing layers", enabled=show_progress):
-            folded = []
-            for src in sources:
-                a, b = src.load_factors(module)
-                b, a = core.fold_scale(b.to(dev, compute_dtype), a.to(dev, compute_dtype),
-                                       scale=src.modules[module].scale)
-                folded.append((a, b))
-            info = sources[0].modules[module]
-            groups[module] = {"d_in": info.d_in, "d_out": info.d_out}
-            restored: dict[str, list[torch.Tensor]] = {}
-            for side in SIDES:
-                columns = [a.mT if side == "lora_A" else b for a, b in folded]
-                basis, mean, side_loadings, energies = core.compress_side(
-                    columns, k=k, variance_threshold=threshold, center=center
-                )
-                basis_s = basis.to("cpu", store_dtype).contiguous()
-                components[f"{module}.{side}.basis"] = basis_s
-                mean_s = None
-                if mean is not None:
-                    mean_s = mean.to("cpu", store_dtype).contiguous()
-                    components[f"{module}.{side}.mean"] = mean_s
-                for src, load in zip(sources, side_loadings):
-                    loadings[src.name][f"{module}.{side}"] = load.to("cpu", store_dtype).contiguous()
-                # Judge quality on what is stored, not on the float32 intermediates.
-                restored[side] = [
-                    core.reconstruct(
-                        loadings[src.name][f"{module}.{side}"].to(dev, compute_dtype),
-                        basis_s.to(dev, compute_dtype),
-                        mean=None if mean_s is None else mean_s.to(dev, compute_dtype),
-                    )
-                    for src in sources
-                ]
-                kk = int(basis.shape[1])
-                groups[module][side] = {
-                    "k": kk,
-                    "centered": mean is not None,
-                    "rank": int(energies.shape[0]),
-                    "stacked_columns": int(sum(c.shape[1] for c in columns)),
-                    "explained_variance": core.explained_variance(energies, kk),
-                }
-            for i, src in enumerate(sources):
-                a, b = folded[i]
-                a_hat, b_hat = restored["lora_A"][i].mT, restored["lora_B"][i]
-                abs_err, _ = core.dw_error(b, a, b_hat, a_hat)
-                norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]))
-                errors[src.name][module] = (float(abs_err), float(norm))
+            result = compress_module(module, sources, read, k=k, threshold=threshold, center=center,
+                                     chunk_size=chunk_size, store_dtype=store_dtype)
+            components.update(result.components)
+            groups[module] = result.group
+            for name, loads in result.loadings.items():
+                loadings[name].update(loads)
+            for name, pair in result.errors.items():
+                errors[name][module] = pair
+        del read  # free the preloaded factors before collecting heads
 
         heads = {}
         for src in sources:
@@ -259,11 +225,12 @@ class SHAREModel:
                 "ranks": {m: src.modules[m].rank for m in modules},
                 "scales": {m: src.modules[m].scale for m in modules},
                 "original_bytes": src.file_bytes,
-                "dw_error": {m: _ratio(*errors[src.name][m]) for m in modules},
+                "dw_error": {m: ratio(*errors[src.name][m]) for m in modules},
+                "dw_norm": {m: errors[src.name][m][1] for m in modules},
             }
             for src in sources
         }
-        overall = {name: _overall(errs.values()) for name, errs in errors.items()}
+        overall = {name: pooled(errs.values()) for name, errs in errors.items()}
         config = {
             "format_version": FORMAT_VERSION,
             "library": "lorashare",
@@ -469,7 +436,7 @@ class SHAREModel:
             return {"adapter": name, "overall": self._ckpt.config["stats"]["dw_error"][name],
                     "measured": "at compression", "per_module": per}
         src = open_adapter(original_path, name=name)
-        per, pooled = {}, []
+        per, pairs = {}, []
         for module in sorted(meta["ranks"], key=_natural_key):
             if module not in src.modules:
                 raise ShareError(f"the original adapter at {original_path} has no LoRA module {module!r}; "
@@ -479,11 +446,11 @@ class SHAREModel:
             s = src.modules[module].scale
             abs_err, rel = core.dw_error(b, a, b_hat, a_hat, scale=s, scale_hat=float(meta["scales"][module]))
             norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]), scale=s)
-            pooled.append((float(abs_err), float(norm)))
+            pairs.append((float(abs_err), float(norm)))
             per[module] = {"dw": float(rel),
                            "lora_A": float(core.relative_error(a, a_hat)),
                            "lora_B": float(core.relative_error(b, b_hat))}
-        return {"adapter": name, "overall": _overall(pooled), "measured": "against original", "per_module": per}
+        return {"adapter": name, "overall": pooled(pairs), "measured": "against original", "per_module": per}
 
     # ------------------------------------------------------------------ writing
 
@@ -512,14 +479,3 @@ class SHAREModel:
                                           commit_message=commit_message or "Upload lorashare checkpoint",
                                           revision=revision)
 
-
-def _ratio(abs_err: float, norm: float) -> float:
-    if norm == 0.0:
-        return 0.0 if abs_err == 0.0 else math.inf
-    return abs_err / norm
-
-
-def _overall(pairs) -> float:
-    """Pool per-module (abs error, norm) pairs into one relative error over the whole adapter."""
-    pairs = list(pairs)
-    return _ratio(math.sqrt(sum(e * e for e, _ in pairs)), math.sqrt(sum(n * n for _, n in pairs)))
