@@ -82,6 +82,11 @@ def _short(module: str) -> str:
     return module[len(_PREFIX):] if module.startswith(_PREFIX) else module
 
 
+def _ratio(value: float | None) -> str:
+    """Explained variance, or n/a where an update (remove_adapter) made it unknown."""
+    return f"{value:>7.4f}" if value is not None else f"{'n/a':>7}"
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     """The human table for `summary()` and `lorashare info` (figures from :func:`build_summary`)."""
     opts = stats["options"]
@@ -99,7 +104,7 @@ def format_summary(stats: dict[str, Any]) -> str:
                  f"{'var(A)':>7} {'var(B)':>7}")
     for g in stats["groups"]:
         lines.append(f"{_short(g['module']):<{width}}  {g['k_A']:>5} {g['k_B']:>5}  {g['rank_A']:>7} "
-                     f"{g['rank_B']:>7}  {g['explained_variance_A']:>7.4f} {g['explained_variance_B']:>7.4f}")
+                     f"{g['rank_B']:>7}  {_ratio(g['explained_variance_A'])} {_ratio(g['explained_variance_B'])}")
     lines.append("")
     width = max([len(n) for n in stats["adapters"]] + [7])
     lines.append(f"{'adapter':<{width}}  dW relative error")

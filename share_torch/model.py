@@ -14,7 +14,13 @@ from typing import Any, Callable
 import torch
 
 import share_core as core
-from share_core.errors import InvalidArgumentError, ShareError, UnknownAdapterError
+from share_core.errors import (
+    CheckpointError,
+    IncompatibleAdaptersError,
+    InvalidArgumentError,
+    ShareError,
+    UnknownAdapterError,
+)
 from share_hf.adapters import AdapterSource, adapter_name_from_source, check_compatible, open_adapter
 from share_hf.checkpoint import (
     FORMAT_VERSION,
@@ -26,14 +32,14 @@ from share_hf.checkpoint import (
     write_peft_adapter,
 )
 
-from ._compress import Reader, compress_module, pooled, ratio
+from ._compress import SIDES, Reader, compress_module, dw_abs_and_norm, fold, pooled, ratio, restore, store
+from ._update import added_side, columns, copy_checkpoint, drift, removed_side
 from ._progress import progress
 from ._summary import build_summary, format_summary
 from .version import __version__
 
 logger = logging.getLogger("lorashare")
 
-SIDES = ("lora_A", "lora_B")
 
 
 def _natural_key(name: str) -> list:
@@ -451,6 +457,188 @@ class SHAREModel:
                            "lora_A": float(core.relative_error(a, a_hat)),
                            "lora_B": float(core.relative_error(b, b_hat))}
         return {"adapter": name, "overall": pooled(pairs), "measured": "against original", "per_module": per}
+
+    # ------------------------------------------------------------------ incremental updates
+
+    def _require_complete(self, what: str) -> None:
+        missing = [n for n in self._ckpt.config["adapters"] if n not in self._ckpt.metas]
+        if missing:
+            raise InvalidArgumentError(
+                f"{what} needs every adapter's loadings, but this model was loaded with adapters=[...] and "
+                f"{len(missing)} are not loaded ({', '.join(missing[:5])}); load it with "
+                f"SHAREModel.from_pretrained(path) without adapters="
+            )
+
+    def _dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        store_dtype = getattr(torch, self._ckpt.config["options"].get("dtype", "float32"))
+        return (torch.float64 if store_dtype == torch.float64 else torch.float32), store_dtype
+
+    def _check_fits(self, src: AdapterSource) -> None:
+        groups, problems = self._ckpt.config["groups"], []
+        missing, extra = sorted(set(groups) - set(src.modules)), sorted(set(src.modules) - set(groups))
+        if missing:
+            problems.append(f"it lacks {len(missing)} LoRA modules of the checkpoint, e.g. {missing[0]!r}")
+        if extra:
+            problems.append(f"it has {len(extra)} LoRA modules the checkpoint lacks, e.g. {extra[0]!r}")
+        for m in sorted(set(groups) & set(src.modules)):
+            got, want = (src.modules[m].d_in, src.modules[m].d_out), (groups[m]["d_in"], groups[m]["d_out"])
+            if got != want:
+                problems.append(f"module {m!r} is (d_in, d_out)={got}, the checkpoint's is {want}")
+                break
+        base, ours = src.config.get("base_model_name_or_path"), self._ckpt.config.get("base_model_name_or_path")
+        if base and ours and base != ours:
+            problems.append(f"its base model is {base!r}, the checkpoint's is {ours!r}")
+        if problems:
+            raise IncompatibleAdaptersError(f"adapter {src.name!r} ({src.source}) does not fit this checkpoint: "
+                                            + "; ".join(problems))
+
+    def _rebuilt(self, ckpt: Checkpoint, name: str, module: str) -> dict[str, torch.Tensor]:
+        """Folded-space columns per side of one adapter's module, rebuilt from `ckpt`'s stored tensors."""
+        compute, _ = self._dtypes()
+        return {side: restore(ckpt.loadings[name][f"{module}.{side}"], ckpt.components[f"{module}.{side}.basis"],
+                              ckpt.components.get(f"{module}.{side}.mean"), self.device, compute)
+                for side in SIDES}
+
+    def _rebound_errors(self, work: Checkpoint, names: Sequence[str], drifts: dict[str, dict[str, float]]) -> None:
+        """After an update, bound each adapter's dW error by (error before) + (how far its dW^ moved)."""
+        for name in names:
+            meta = work.metas[name]
+            if "dw_norm" not in meta:
+                raise CheckpointError(f"adapter {name!r} has no dw_norm in adapter_meta.json (written by an older "
+                                      f"lorashare?); recompress from the original adapters to update it")
+            for module, moved in drifts[name].items():
+                norm = float(meta["dw_norm"][module])
+                meta["dw_error"][module] = ratio(meta["dw_error"][module] * norm + moved, norm)
+                if moved > 0.0:
+                    meta["dw_error_is_upper_bound"] = True
+            work.config["stats"]["dw_error"][name] = pooled(
+                (meta["dw_error"][m] * float(meta["dw_norm"][m]), float(meta["dw_norm"][m])) for m in meta["dw_norm"])
+
+    def add_adapter(self, path_or_id: str | os.PathLike, name: str | None = None, *, update_basis: bool = True,
+                    show_progress: bool | None = None, revision: str | None = None, token: str | None = None) -> str:
+        """Fold one more adapter into the collection, without the original files of the others.
+
+        Args:
+            path_or_id: The new adapter's folder or Hub id.
+            name: Its name (default: the folder's basename); must be new.
+            update_basis: `True` (default) updates each group's basis exactly to cover old and new data (every
+                stored loading is rotated into the new basis; k is chosen by the checkpoint's rule again).
+                `False` only projects the new adapter on the existing basis: nothing else changes, but the new
+                adapter is only as well represented as the basis allows (see its dW error in `stats()`).
+            show_progress, revision, token: As in :meth:`from_adapters`.
+
+        Returns:
+            The new adapter's name. The model changes in memory; call :meth:`save_pretrained` to keep it. The
+            other adapters' stored dW errors become upper bounds (error before + how far their reconstruction
+            moved), flagged `dw_error_is_upper_bound` in their metadata.
+        """
+        self._require_complete("add_adapter")
+        name = adapter_name_from_source(path_or_id) if name is None else str(name)
+        if name in self._ckpt.metas:
+            raise InvalidArgumentError(f"the checkpoint already holds an adapter named {name!r}; pass another name "
+                                       f"(CLI: --name) or remove the old one first")
+        src = open_adapter(path_or_id, name=name, revision=revision, token=token)
+        self._check_fits(src)
+        opts = self._ckpt.config["options"]
+        k, threshold = ((None, opts["variance_threshold"]) if opts["num_components"] == "auto"
+                        else (int(opts["num_components"]), None))
+        compute, store_dtype = self._dtypes()
+        work = copy_checkpoint(self._ckpt)
+        names = list(self.adapter_names)
+        work.loadings[name] = {}
+        drifts: dict[str, dict[str, float]] = {n: {} for n in names}
+        errors: dict[str, tuple[float, float]] = {}
+        for module in progress(self.modules, desc=f"adding {name}", enabled=show_progress):
+            a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute)
+            before = {n: self._rebuilt(work, n, module) for n in names}
+            for side in SIDES:
+                key, group = f"{module}.{side}", work.config["groups"][module][side]
+                basis, mean = (work.components[f"{key}.basis"].to(self.device, compute),
+                               work.components.get(f"{key}.mean"))
+                mean = None if mean is None else mean.to(self.device, compute)
+                old = {n: work.loadings[n][key].to(self.device, compute) for n in names}
+                new_basis, new_mean, loads, energies = added_side(
+                    old, basis, mean, columns([(a, b)], side)[0], k=k, threshold=threshold, update=update_basis)
+                work.components[f"{key}.basis"] = store(new_basis, store_dtype)
+                if new_mean is not None:
+                    work.components[f"{key}.mean"] = store(new_mean, store_dtype)
+                for n in names:
+                    work.loadings[n][key] = store(loads[n], store_dtype)
+                work.loadings[name][key] = store(loads[None], store_dtype)
+                group["k"] = int(new_basis.shape[1])
+                group["stacked_columns"] = int(group.get("stacked_columns", 0)) + src.modules[module].rank
+                if energies is not None:  # energies of old (as represented) and new data together
+                    group["rank"] = int(energies.shape[0])
+                    group["explained_variance"] = core.explained_variance(energies, group["k"])
+            for n in names:
+                drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
+            rebuilt = self._rebuilt(work, name, module)
+            errors[module] = dw_abs_and_norm(a, b, rebuilt["lora_A"].mT, rebuilt["lora_B"])
+        self._rebound_errors(work, names, drifts)
+        carried = src.load_carried()
+        if carried:
+            work.heads[name] = carried
+        work.metas[name] = {
+            "peft_config": src.config, "source": src.source, "dtype": str(src.dtype).removeprefix("torch."),
+            "ranks": {m: src.modules[m].rank for m in self.modules},
+            "scales": {m: src.modules[m].scale for m in self.modules},
+            "original_bytes": src.file_bytes,
+            "dw_error": {m: ratio(*errors[m]) for m in self.modules},
+            "dw_norm": {m: errors[m][1] for m in self.modules},
+        }
+        work.config["adapters"].append(name)
+        work.config["stats"]["dw_error"][name] = pooled(errors.values())
+        work.config["stats"]["original_bytes"] = int(work.config["stats"].get("original_bytes", 0)) + src.file_bytes
+        self._ckpt = work
+        logger.info("added %r (%s): dW relative error %.3g", name,
+                    "basis updated" if update_basis else "projected on the existing basis",
+                    work.config["stats"]["dw_error"][name])
+        return name
+
+    def remove_adapter(self, name: str, *, show_progress: bool | None = None) -> None:
+        """Drop one adapter and shrink the bases to what the remaining adapters use.
+
+        The remaining adapters' reconstructions are unchanged (up to rounding in the storage dtype): each
+        group's basis is re-fitted on the remaining loadings, so directions only the removed adapter used are
+        no longer stored. Call :meth:`save_pretrained` to keep the result.
+        """
+        self._require_complete("remove_adapter")
+        self._meta(name)
+        rest = [n for n in self.adapter_names if n != name]
+        if not rest:
+            raise InvalidArgumentError(f"{name!r} is the only adapter left; a checkpoint needs at least one")
+        compute, store_dtype = self._dtypes()
+        work = copy_checkpoint(self._ckpt)
+        removed_meta = work.metas.pop(name)
+        drifts: dict[str, dict[str, float]] = {n: {} for n in rest}
+        for module in progress(self.modules, desc=f"removing {name}", enabled=show_progress):
+            before = {n: self._rebuilt(work, n, module) for n in rest}
+            for side in SIDES:
+                key, group = f"{module}.{side}", work.config["groups"][module][side]
+                basis = work.components[f"{key}.basis"].to(self.device, compute)
+                mean = work.components.get(f"{key}.mean")
+                mean = None if mean is None else mean.to(self.device, compute)
+                new_basis, new_mean, loads = removed_side(
+                    {n: work.loadings[n][key].to(self.device, compute) for n in rest}, basis, mean)
+                work.components[f"{key}.basis"] = store(new_basis, store_dtype)
+                if new_mean is not None:
+                    work.components[f"{key}.mean"] = store(new_mean, store_dtype)
+                for n in rest:
+                    work.loadings[n][key] = store(loads[n], store_dtype)
+                group["k"] = group["rank"] = int(new_basis.shape[1])
+                group["stacked_columns"] = int(group.get("stacked_columns", 0)) - int(removed_meta["ranks"][module])
+                group["explained_variance"] = None  # the removed data's share is no longer known
+            for n in rest:
+                drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
+        work.loadings.pop(name)
+        work.heads.pop(name, None)
+        work.config["adapters"].remove(name)
+        work.config["stats"]["dw_error"].pop(name)
+        work.config["stats"]["original_bytes"] = (int(work.config["stats"].get("original_bytes", 0))
+                                                  - int(removed_meta.get("original_bytes", 0)))
+        self._rebound_errors(work, rest, drifts)
+        self._ckpt = work
+        logger.info("removed %r; %d adapters remain", name, len(rest))
 
     # ------------------------------------------------------------------ writing
 
