@@ -4,7 +4,8 @@ One place owns each of these so that adapters and checkpoints behave alike:
 
 - :func:`check_name`: names that become folder names (adapter names) stay inside their folder.
 - :func:`atomic_directory`: a folder appears whole or not at all, and an existing one is replaced
-  only after its successor is complete.
+  only after its successor is complete; write failures (disk full, permission denied, a file
+  where a folder is needed) become one :class:`WriteError` naming the path and the fix.
 - :func:`read_json`, :func:`read_safetensors_header`, :func:`load_safetensors`,
   :func:`save_safetensors`: file access whose errors name the file.
 - :func:`looks_like_hub_id`, :func:`download_snapshot`: Hub access through ``snapshot_download``.
@@ -13,10 +14,16 @@ One place owns each of these so that adapters and checkpoints behave alike:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PureWindowsPath
@@ -26,6 +33,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save, save_file
 
 from share_core.errors import CheckpointExistsError, ShareError
+
+logger = logging.getLogger("lorashare")
+
+
+class WriteError(ShareError, OSError):
+    """An output that cannot be written: disk full, permission denied, read-only file system, a
+    file where a folder is needed, a name too long. The message names the path and the fix; the
+    original :class:`OSError` is chained, and its ``errno`` and ``filename`` are copied."""
+
+    def __str__(self) -> str:  # OSError would print "[Errno N] strerror: filename" instead
+        return str(self.args[0]) if self.args else ""
 
 #: Metadata PEFT (and transformers) write into every safetensors file.
 SAFETENSORS_METADATA = {"format": "pt"}
@@ -43,6 +61,16 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+#: torch dtypes -> safetensors dtype codes (the reverse of :data:`SAFETENSORS_DTYPES`).
+TORCH_DTYPE_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors code of `dtype` (``torch.float32`` -> ``"F32"``), or its torch name for
+    dtypes lorashare does not handle (``"complex64"``), which no check accepts."""
+    return TORCH_DTYPE_CODES.get(dtype, str(dtype).removeprefix("torch."))
+
 
 #: Floating dtypes lorashare reads and writes LoRA factors in, by the name torch gives them.
 FLOAT_DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -82,7 +110,11 @@ def name_problem(name: object, *, what: str = "adapter name") -> str | None:
         return f"{what} {name!r} is an absolute path"
     if "\x00" in name:
         return f"{what} {name!r} contains a NUL byte"
-    if len(name.encode("utf-8")) > 255:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} {name!r} is not valid Unicode text (it holds a lone surrogate)"
+    if len(encoded) > 255:
         return f"{what} {name[:40]!r}... is longer than 255 bytes, too long for a folder name"
     return None
 
@@ -96,6 +128,42 @@ def check_name(name: object, *, error: type[ShareError], what: str = "adapter na
 
 
 # ------------------------------------------------------------------------------ atomic folders
+
+#: Temporary folders beside a target are named ``.<target>.tmp-<host>-<pid>-<random>`` while being
+#: written, and ``.<target>.old-<host>-<pid>-<random>`` for a replaced checkpoint about to be
+#: deleted, so a later save can tell which ones a killed process left behind (see
+#: :func:`clean_stale_siblings`). ``<host>`` is 8 hex digits of a hash of the host name.
+_SIBLING = re.compile(r"\.(?P<target>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}")
+
+_ERRNO_FIXES = {
+    errno.ENOSPC: "free some disk space or write to another disk",
+    errno.EDQUOT: "free some space within your disk quota or write elsewhere",
+    errno.EACCES: "check the folder's permissions or choose another output path",
+    errno.EPERM: "check the folder's permissions or choose another output path",
+    errno.EROFS: "the file system is read-only: choose another output path",
+    errno.ENOTDIR: "a file is in the way where a folder is needed: choose another output path",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another output path",
+    errno.ENAMETOOLONG: "choose a shorter output path or adapter name",
+    errno.ENOENT: "the folder disappeared or cannot be created there: choose another output path",
+}
+
+
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{_host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def write_error(exc: OSError, *, what: str, target: Path) -> WriteError:
+    """A :class:`WriteError` for `exc`, raised while writing the `what` at `target`."""
+    path = exc.filename if exc.filename is not None else target
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = _ERRNO_FIXES.get(exc.errno, "check the output path, its permissions and the free disk space")
+    err = WriteError(f"cannot write the {what} to {target}: {reason} ({path}). Fix: {fix}.")
+    err.errno, err.strerror, err.filename = exc.errno, exc.strerror, exc.filename
+    return err
 
 
 def _fsync_path(path: Path) -> None:
@@ -138,23 +206,135 @@ def _check_replaceable(target: Path, *, overwrite: bool, marker: str, what: str)
         )
 
 
-def _swap_into_place(tmp: Path, target: Path, *, overwrite: bool, marker: str, what: str) -> None:
-    """Rename the finished `tmp` folder to `target`; an old `target` is deleted only afterwards."""
+def check_output_target(target: str | os.PathLike, *, overwrite: bool, marker: str, what: str) -> Path:
+    """Check, before any work is done, that :func:`atomic_directory` could write `target`.
+
+    Raises :class:`CheckpointExistsError` as :func:`atomic_directory` would (an existing folder
+    without `overwrite`, a file, a foreign non-empty folder), and :class:`WriteError` when a file
+    stands where one of its parent folders should be. Returns `target` as an absolute path.
+    """
+    target = Path(target).absolute()
     _check_replaceable(target, overwrite=overwrite, marker=marker, what=what)
-    old: Path | None = None
-    if os.path.lexists(target):
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(target, old)
+    for parent in target.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise WriteError(
+                    f"cannot write the {what} to {target}: {parent} is a file, not a folder. "
+                    "Fix: choose another output path."
+                )
+            break
+    return target
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _load_renameat2():
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2 = _load_renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders `a` and `b` in one atomic step; ``False`` where the OS or file system
+    cannot (then nothing happened)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def _swap_into_place(tmp: Path, target: Path, *, overwrite: bool, marker: str, what: str) -> None:
+    """Put the finished `tmp` folder at `target`; an old `target` is deleted only afterwards.
+
+    Where the OS can (Linux ``renameat2(RENAME_EXCHANGE)``) old and new are swapped in one atomic
+    step, so there is no moment without a checkpoint at `target`. Elsewhere the old folder is
+    renamed aside first (to ``.<target>.old-...``, which the next save puts back if the process
+    died in between, see :func:`clean_stale_siblings`) and the new one renamed into place.
+    """
+    _check_replaceable(target, overwrite=overwrite, marker=marker, what=what)
+    if not os.path.lexists(target):
         os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+    else:
+        old = _sibling(target, "old")
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
             os.rename(old, target)
-        raise
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     with contextlib.suppress(OSError):
         _fsync_path(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process, or nothing we can judge: leave it alone
+    return True
+
+
+def clean_stale_siblings(target: str | os.PathLike) -> list[Path]:
+    """Tidy what a killed save left beside `target`, and return what was removed or restored.
+
+    Only folders named like :func:`atomic_directory`'s temporaries for this very `target`, made
+    on this host by a process that no longer runs, are touched: a ``.tmp-`` folder (a partial
+    write) is deleted; an ``.old-`` folder (a previous checkpoint renamed aside in the instant
+    before its successor moved in) is renamed back to `target` if `target` is missing, and
+    deleted otherwise. Folders of live processes and of other hosts are never touched.
+    """
+    target = Path(target).absolute()
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    host, done = _host_id(), []
+    stale = []
+    for entry in entries:
+        match = _SIBLING.fullmatch(entry.name)
+        if not match or match["target"] != target.name or match["host"] != host:
+            continue
+        if entry.is_symlink() or not entry.is_dir() or _pid_alive(int(match["pid"])):
+            continue
+        stale.append((match["kind"], entry))
+    for kind, entry in sorted(stale, key=lambda item: item[0] != "old"):
+        if kind == "old" and not os.path.lexists(target):
+            try:
+                os.rename(entry, target)
+            except OSError:
+                continue
+            logger.warning("restored %s from %s, left by a save that was interrupted while replacing it",
+                           target, entry.name)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            if os.path.lexists(entry):
+                continue
+            logger.warning("removed %s, left beside %s by a save that was interrupted", entry.name, target)
+        done.append(entry)
+    return done
 
 
 @contextlib.contextmanager
@@ -164,10 +344,12 @@ def atomic_directory(
     """Write a folder so that it appears whole or not at all.
 
     Yields an empty hidden folder beside `target` (same parent, so the final rename stays on one
-    file system). When the ``with`` block ends normally every file is flushed to disk and the
-    folder is renamed to `target`; an existing `target` (allowed only with `overwrite`, and only
-    when it holds `marker` or is empty) is renamed aside first and deleted after the new folder is
-    in place. If anything fails, the temporary folder is removed and `target` is left untouched.
+    file system), named ``.<target>.tmp-<host>-<pid>-<random>``. When the ``with`` block ends
+    normally every file is flushed to disk and the folder is moved to `target`; an existing
+    `target` (allowed only with `overwrite`, and only when it holds `marker` or is empty) is
+    deleted only once the new folder is in place (see :func:`_swap_into_place`). If anything
+    fails, the temporary folder is removed and `target` is left untouched. Folders left beside
+    `target` by an earlier save that was killed are tidied first (:func:`clean_stale_siblings`).
 
     Args:
         target: The folder to create or replace.
@@ -179,18 +361,25 @@ def atomic_directory(
     Raises:
         CheckpointExistsError: `target` exists (without `overwrite`), is a file, or is a foreign
             non-empty folder.
+        WriteError: The folder cannot be written (disk full, permission denied, a file where a
+            parent folder should be, ...); the message names the path and the fix.
     """
     target = Path(target).absolute()
-    _check_replaceable(target, overwrite=overwrite, marker=marker, what=what)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    clean_stale_siblings(target)
+    check_output_target(target, overwrite=overwrite, marker=marker, what=what)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(target, "tmp")
+        tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
         _swap_into_place(tmp, target, overwrite=overwrite, marker=marker, what=what)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, ShareError):
+            raise write_error(exc, what=what, target=target) from exc
         raise
 
 
@@ -217,6 +406,11 @@ def read_json(path: Path, *, error: type[ShareError], context: str) -> dict:
         raise error(
             f"{context}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
             f"{exc.colno}). Fix: restore the file from its source or re-create it."
+        ) from exc
+    except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting 100000 deep
+        raise error(
+            f"{context}: {path} cannot be read as JSON ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Fix: restore the file from its source or re-create it."
         ) from exc
     if not isinstance(data, dict):
         raise error(f"{context}: {path} must hold a JSON object, found {type(data).__name__}")
@@ -298,8 +492,17 @@ def prepare_for_save(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write `tensors` to `path` with the metadata PEFT writes (``{"format": "pt"}``)."""
-    save_file(prepare_for_save(tensors), os.fspath(path), metadata=dict(SAFETENSORS_METADATA))
+    """Write `tensors` to `path` with the metadata PEFT writes (``{"format": "pt"}``).
+
+    safetensors reports I/O failures (disk full, ...) as its own error; they are raised here as
+    :class:`OSError` so that :func:`atomic_directory` turns them into one :class:`WriteError`.
+    """
+    prepared = prepare_for_save(tensors)
+    try:
+        save_file(prepared, os.fspath(path), metadata=dict(SAFETENSORS_METADATA))
+    except SafetensorError as exc:
+        code = errno.ENOSPC if "os error 28" in str(exc) or "No space left" in str(exc) else errno.EIO
+        raise OSError(code, f"safetensors could not write the file ({exc})", os.fspath(path)) from exc
 
 
 def safetensors_nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
