@@ -13,7 +13,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from share_core.errors import (
 )
 from share_hf._io import (
     SAFETENSORS_DTYPES,
+    dtype_code,
     check_name,
     download_snapshot,
     load_safetensors,
@@ -116,14 +117,34 @@ class AdapterSource:
     carried_keys: list[str]
     dtype: torch.dtype
     file_bytes: int
+    #: Tensors already in memory, for an ``adapter_model.bin`` opened with ``allow_pickle=True``
+    #: (read once through ``torch.load(weights_only=True)``); ``None`` for safetensors.
+    preloaded: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def weights_file(self) -> Path:
-        """The adapter's ``adapter_model.safetensors``."""
-        return self.path / ADAPTER_WEIGHTS_FILE
+        """The weights file read: ``adapter_model.safetensors`` (or ``adapter_model.bin`` when
+        opened with ``allow_pickle=True`` and there is no safetensors file)."""
+        return self.path / (_PICKLE_WEIGHTS_FILE if self.preloaded is not None else ADAPTER_WEIGHTS_FILE)
 
     def _context(self) -> str:
         return f"adapter {self.name!r} ({self.source})"
+
+    def _load(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.preloaded is not None:
+            return {key: self.preloaded[key] for key in keys}
+        return load_safetensors(self.weights_file, keys, error=InvalidAdapterError, context=self._context())
+
+    def _check_finite(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        for key, tensor in tensors.items():
+            if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+                continue
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InvalidAdapterError(
+                f"{self._context()}: tensor {key!r} in {self.weights_file} holds {bad} NaN/Inf "
+                "values, so it cannot be compressed. Fix: retrain or repair that adapter, or "
+                "leave it out."
+            )
 
     def load_factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Read one module's LoRA factors from disk, in their stored dtype.
@@ -144,28 +165,21 @@ class AdapterSource:
                 f"modules, e.g. {next(iter(self.modules))!r}"
             )
         info = self.modules[module]
-        tensors = load_safetensors(
-            self.weights_file, [info.a_key, info.b_key], error=InvalidAdapterError,
-            context=self._context(),
-        )
-        for key, tensor in tensors.items():
-            if not bool(torch.isfinite(tensor).all()):
-                bad = int((~torch.isfinite(tensor)).sum())
-                raise InvalidAdapterError(
-                    f"{self._context()}: tensor {key!r} in {self.weights_file} holds {bad} NaN/Inf "
-                    "values, so it cannot be compressed. Fix: retrain or repair that adapter, or "
-                    "leave it out."
-                )
+        tensors = self._load([info.a_key, info.b_key])
+        self._check_finite(tensors)
         return tensors[info.a_key], tensors[info.b_key]
 
     def load_carried(self) -> dict[str, torch.Tensor]:
-        """Every carried tensor (see :attr:`carried_keys`), in its stored dtype."""
+        """Every carried tensor (see :attr:`carried_keys`), in its stored dtype.
+
+        Raises:
+            InvalidAdapterError: The file cannot be read, or a floating tensor holds NaN or Inf.
+        """
         if not self.carried_keys:
             return {}
-        return load_safetensors(
-            self.weights_file, self.carried_keys, error=InvalidAdapterError,
-            context=self._context(),
-        )
+        tensors = self._load(self.carried_keys)
+        self._check_finite(tensors)
+        return tensors
 
 
 def adapter_name_from_source(path_or_id: str | os.PathLike) -> str:
@@ -184,7 +198,7 @@ def adapter_name_from_source(path_or_id: str | os.PathLike) -> str:
     return name
 
 
-def _resolve_folder(source: str, revision: str | None, token: str | None) -> Path:
+def _resolve_folder(source: str, revision: str | None, token: str | None, allow_pickle: bool = False) -> Path:
     """The local folder holding the adapter files for `source` (downloading Hub ids)."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -197,7 +211,8 @@ def _resolve_folder(source: str, revision: str | None, token: str | None) -> Pat
     if looks_like_hub_id(source):
         return download_snapshot(
             source,
-            allow_patterns=[ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE],
+            allow_patterns=[ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]
+            + ([_PICKLE_WEIGHTS_FILE] if allow_pickle else []),
             revision=revision,
             token=token,
             error=AdapterNotFoundError,
@@ -232,9 +247,20 @@ def _check_config(config: dict, context: str, config_path: Path) -> None:
     r = config.get("r", _DEFAULT_R)
     alpha = config.get("lora_alpha", _DEFAULT_ALPHA)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise InvalidAdapterError(f"{context}: 'r' in {config_path} must be a positive integer, found {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise InvalidAdapterError(f"{context}: 'lora_alpha' in {config_path} must be a number, found {alpha!r}")
+        raise InvalidAdapterError(
+            f"{context}: 'r' in {config_path} must be a positive integer, found {r!r}. {_CONFIG_FIX}"
+        )
+    if not _is_scale_number(alpha):
+        raise InvalidAdapterError(
+            f"{context}: 'lora_alpha' in {config_path} must be a finite non-zero number, found "
+            f"{alpha!r}. {_CONFIG_FIX}"
+        )
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise InvalidAdapterError(
+            f"{context}: 'base_model_name_or_path' in {config_path} must be a string, found "
+            f"{type(base).__name__} {base!r}. {_CONFIG_FIX}"
+        )
     for key in ("rank_pattern", "alpha_pattern"):
         pattern = config.get(key)
         if pattern is None:
@@ -251,10 +277,33 @@ def _check_config(config: dict, context: str, config_path: Path) -> None:
                     f"{context}: '{key}' key {pkey!r} in {config_path} is not a valid regular "
                     f"expression ({exc})"
                 ) from exc
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = (_is_int(value, 1) if key == "rank_pattern" else _is_scale_number(value))
+            if not ok:
+                wanted = "a positive integer" if key == "rank_pattern" else "a finite non-zero number"
                 raise InvalidAdapterError(
-                    f"{context}: '{key}'[{pkey!r}] in {config_path} must be a number, found {value!r}"
+                    f"{context}: '{key}'[{pkey!r}] in {config_path} must be {wanted}, found "
+                    f"{value!r}. {_CONFIG_FIX}"
                 )
+
+
+_CONFIG_FIX = (
+    "Fix: restore adapter_config.json as PeftModel.save_pretrained wrote it, or correct that value."
+)
+
+
+def _is_int(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_scale_number(value: object) -> bool:
+    """A finite, non-zero int or float (not a bool): what lora_alpha must be for dW != 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return False
+    return math.isfinite(number) and number != 0
 
 
 def _pattern_value(patterns: Mapping[str, float] | None, module_key: str, default: float) -> float:
@@ -293,6 +342,11 @@ def _parse_modules(
         (a_shape, _), (b_shape, _) = header[a_names[name]], header[b_names[name]]
         if len(a_shape) != 2 or len(b_shape) != 2:
             continue  # conv LoRA and other layouts: carried verbatim
+        if 0 in a_shape or 0 in b_shape:
+            problems.append(
+                f"{name}: lora_A {list(a_shape)} or lora_B {list(b_shape)} has a zero-sized dimension"
+            )
+            continue
         if a_shape[0] != b_shape[1]:
             problems.append(
                 f"{name}: lora_A {list(a_shape)} has rank {a_shape[0]} but lora_B {list(b_shape)} "
@@ -359,22 +413,56 @@ def _factor_dtype(
     return SAFETENSORS_DTYPES[code]
 
 
-def _weights_path(folder: Path, context: str) -> Path:
+def _weights_path(folder: Path, context: str, allow_pickle: bool) -> Path:
     weights = folder / ADAPTER_WEIGHTS_FILE
     if weights.is_file():
         return weights
-    if (folder / _PICKLE_WEIGHTS_FILE).is_file():
+    pickled = folder / _PICKLE_WEIGHTS_FILE
+    if pickled.is_file():
+        if allow_pickle:
+            return pickled
         raise InvalidAdapterError(
             f"{context}: {folder} has {_PICKLE_WEIGHTS_FILE} but no {ADAPTER_WEIGHTS_FILE}; "
-            "lorashare never loads pickle files. Fix: convert it once in a trusted environment, "
-            "e.g. `PeftModel.from_pretrained(base, folder).save_pretrained(folder)` (which writes "
-            "safetensors), or `safetensors.torch.save_file(torch.load(bin_path), "
-            f"'{ADAPTER_WEIGHTS_FILE}', metadata={{'format': 'pt'}})`."
+            "lorashare does not load pickle files (loading one can run code) unless told to. "
+            "Fix: convert it once, e.g. `safetensors.torch.save_file(torch.load("
+            f"bin_path, weights_only=True), '{ADAPTER_WEIGHTS_FILE}', metadata={{'format': 'pt'}})` "
+            "or `PeftModel.from_pretrained(base, folder).save_pretrained(folder)`; or, if you "
+            "trust the file, pass allow_pickle=True (--allow-pickle), which loads it with "
+            "torch.load(weights_only=True)."
         )
     raise InvalidAdapterError(
         f"{context}: {folder} has no {ADAPTER_WEIGHTS_FILE}. Fix: pass a folder written by "
         "PeftModel.save_pretrained (safetensors serialization)."
     )
+
+
+def _load_pickled(path: Path, context: str) -> dict[str, torch.Tensor]:
+    """A ``adapter_model.bin`` state dict, through ``torch.load(weights_only=True)`` only.
+
+    ``weights_only=True`` restricts unpickling to tensors and plain containers: a file that asks
+    for anything else (``os.system``, any class outside torch's allow-list) is refused before
+    any of it runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError (forbidden global), RuntimeError, EOFError, ...
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InvalidAdapterError(
+            f"{context}: {path} cannot be loaded as plain tensors with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {first}); it is corrupt, or it holds objects other than tensors "
+            "and may run code when unpickled. Fix: get a safetensors version of this adapter."
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided
+        and not v.is_quantized
+        for k, v in state.items()
+    ):
+        raise InvalidAdapterError(
+            f"{context}: {path} does not hold a state dict of name -> tensor (found "
+            f"{type(state).__name__}). Fix: save the adapter with PeftModel.save_pretrained."
+        )
+    # Own, dense, contiguous CPU copies: what a safetensors load would give.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
 def open_adapter(
@@ -383,6 +471,7 @@ def open_adapter(
     name: str | None = None,
     revision: str | None = None,
     token: str | None = None,
+    allow_pickle: bool = False,
 ) -> AdapterSource:
     """Open and validate a PEFT LoRA adapter folder or Hub repo, without loading its tensors.
 
@@ -393,6 +482,10 @@ def open_adapter(
         name: The adapter's name; defaults to :func:`adapter_name_from_source`.
         revision: Hub branch, tag or commit (ignored for local folders).
         token: Hub token for private repos (ignored for local folders).
+        allow_pickle: Read an ``adapter_model.bin`` when there is no safetensors file (default:
+            refuse it). Only ``torch.load(path, map_location="cpu", weights_only=True)`` is used,
+            which refuses anything but tensors and plain containers; the tensors are read once,
+            at open, and checked exactly like safetensors weights. A safetensors file always wins.
 
     Returns:
         An :class:`AdapterSource`.
@@ -400,7 +493,7 @@ def open_adapter(
     Raises:
         AdapterNotFoundError: Neither a folder nor a reachable Hub repo.
         InvalidAdapterError: Missing or corrupt files, mismatched factors or ranks, mixed dtypes,
-            a pickle-only adapter, or an unsafe name.
+            a pickle-only adapter (unless `allow_pickle`), or an unsafe name.
         UnsupportedAdapterError: Not LoRA, DoRA, or no 2-D LoRA modules at all.
 
     Example:
@@ -412,7 +505,7 @@ def open_adapter(
     source = os.fspath(path_or_id)
     name = adapter_name_from_source(source) if name is None else name
     check_name(name, error=InvalidAdapterError)
-    folder = _resolve_folder(source, revision, token)
+    folder = _resolve_folder(source, revision, token, allow_pickle)
     context = f"adapter {name!r} ({source})"
     config_path = folder / ADAPTER_CONFIG_FILE
     if not config_path.is_file():
@@ -422,8 +515,13 @@ def open_adapter(
         )
     config = read_json(config_path, error=InvalidAdapterError, context=context)
     _check_config(config, context, config_path)
-    weights = _weights_path(folder, context)
-    header = read_safetensors_header(weights, error=InvalidAdapterError, context=context)
+    weights = _weights_path(folder, context, allow_pickle)
+    preloaded = None
+    if weights.name == _PICKLE_WEIGHTS_FILE:
+        preloaded = _load_pickled(weights, context)
+        header = {k: (tuple(v.shape), dtype_code(v.dtype)) for k, v in preloaded.items()}
+    else:
+        header = read_safetensors_header(weights, error=InvalidAdapterError, context=context)
     modules, carried, dtype = _parse_modules(header, config, context, weights)
     return AdapterSource(
         name=name,
@@ -434,6 +532,7 @@ def open_adapter(
         carried_keys=carried,
         dtype=dtype,
         file_bytes=config_path.stat().st_size + weights.stat().st_size,
+        preloaded=preloaded,
     )
 
 

@@ -30,3 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the filterwarnings marks valid when the warnings plugin is off (``-p no:warnings``)."""
+    config.addinivalue_line("markers", "filterwarnings(warning): ignore or raise matching warnings")
