@@ -22,9 +22,12 @@ from share_hf.adapters import (
     check_compatible,
     open_adapter,
 )
+from share_hf._io import WriteError
 from share_hf.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
+    check_adapter_target,
+    check_checkpoint_target,
     checkpoint_file_bytes,
     checkpoint_nbytes,
     load_checkpoint,
@@ -46,7 +49,10 @@ __all__ = [
     "ShareError",
     "UnknownAdapterError",
     "UnsupportedAdapterError",
+    "WriteError",
     "adapter_name_from_source",
+    "check_adapter_target",
+    "check_checkpoint_target",
     "check_compatible",
     "checkpoint_file_bytes",
     "checkpoint_nbytes",

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ from share_core.errors import (
 from share_hf._io import (
     FLOAT_DTYPE_NAMES,
     atomic_directory,
+    check_output_target,
+    dtype_code,
     download_snapshot,
     load_safetensors,
     looks_like_hub_id,
@@ -51,6 +55,8 @@ from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
+    "check_adapter_target",
+    "check_checkpoint_target",
     "checkpoint_file_bytes",
     "checkpoint_nbytes",
     "load_checkpoint",
@@ -69,12 +75,16 @@ HEAD_FILE = "classifier_head.safetensors"
 META_FILE = "adapter_meta.json"
 README_FILE = "README.md"
 
-_REQUIRED_KEYS = ("format_version", "method", "adapters", "groups")
-_OPTIONAL_KEYS = ("library", "library_version", "base_model_name_or_path", "options", "stats")
-_REQUIRED_META_KEYS = ("peft_config", "ranks", "scales", "dtype")
+_REQUIRED_KEYS = ("format_version", "method", "adapters", "groups", "options", "stats")
+_OPTIONAL_KEYS = ("library", "library_version", "base_model_name_or_path")
+_REQUIRED_META_KEYS = ("peft_config", "ranks", "scales", "dtype", "original_bytes", "dw_error")
 _SIDES = {"lora_A": "d_in", "lora_B": "d_out"}
+_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 _FIX = "Fix: re-create the checkpoint (lorashare compress ... --overwrite) or restore its files."
+
+#: key -> (shape, safetensors dtype code), from a file header or from tensors in memory.
+_Specs = dict[str, tuple[tuple[int, ...], str]]
 
 
 @dataclass
@@ -113,6 +123,26 @@ def _is_int(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scale(value: object) -> bool:
+    """A finite, non-zero number within float range (a LoRA scale, divided by on reconstruction)."""
+    if not _is_number(value):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number != 0
+
+
+def _is_error(value: object) -> bool:
+    """A relative error: a number >= 0 (``Infinity`` allowed, for an all-zero original)."""
+    return _is_number(value) and value >= 0
+
+
 # ------------------------------------------------------------------------------ config checks
 
 
@@ -140,9 +170,11 @@ def _adapter_names(config: Mapping) -> tuple[list[str] | None, list[str]]:
         return None, []
     if not isinstance(names, list):
         return None, [f"{CONFIG_FILE}: 'adapters' must be a list of names, found {type(names).__name__}"]
+    if not names:
+        return None, [f"{CONFIG_FILE}: 'adapters' is empty; a checkpoint holds at least one adapter"]
     problems = [f"{CONFIG_FILE}: {p}" for p in map(name_problem, names) if p is not None]
-    dups = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
-    problems += [f"{CONFIG_FILE}: adapter {n!r} is listed more than once" for n in dups]
+    counts = Counter(n for n in names if isinstance(n, str))
+    problems += [f"{CONFIG_FILE}: adapter {n!r} is listed more than once" for n in sorted(counts) if counts[n] > 1]
     return (None if problems else list(names)), problems
 
 
@@ -160,17 +192,76 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
     for side, dim in _SIDES.items():
         spec = group.get(side)
         if not isinstance(spec, dict):
-            problems.append(f"{where} lacks {side!r} (an object with 'k' and 'centered')")
+            problems.append(f"{where} lacks {side!r} (an object with 'k', 'centered', 'rank', 'explained_variance')")
             continue
         bad = []
         if not _is_int(spec.get("k"), 0):
             bad.append(f"{where}: {side}.k must be an integer >= 0, found {spec.get('k')!r}")
+        elif _is_int(group.get(dim), 1) and spec["k"] > group[dim]:
+            bad.append(f"{where}: {side}.k is {spec['k']}, more than {dim}={group[dim]} components cannot exist")
         if not isinstance(spec.get("centered"), bool):
             bad.append(f"{where}: {side}.centered must be true or false, found {spec.get('centered')!r}")
         problems += bad
+        if not _is_int(spec.get("rank"), 0):
+            problems.append(f"{where}: {side}.rank must be an integer >= 0, found {spec.get('rank')!r}")
+        if not _is_number(spec.get("explained_variance")):
+            problems.append(
+                f"{where}: {side}.explained_variance must be a number, found {spec.get('explained_variance')!r}"
+            )
+        if "stacked_columns" in spec and not _is_int(spec["stacked_columns"], 0):
+            problems.append(
+                f"{where}: {side}.stacked_columns must be an integer >= 0, found {spec['stacked_columns']!r}"
+            )
         if not bad and _is_int(group.get(dim), 1):
             sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim])
     return sides, problems
+
+
+def _options_problems(options: object) -> list[str]:
+    where = f"{CONFIG_FILE}: options"
+    if not isinstance(options, dict):
+        return [f"{where} must be an object, found {type(options).__name__}"]
+    problems = []
+    if "dtype" in options and options["dtype"] not in FLOAT_DTYPE_NAMES:
+        problems.append(f"{where}.dtype must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {options['dtype']!r}")
+    k = options.get("num_components", "auto")
+    if not (k == "auto" or _is_int(k, 1)):
+        problems.append(f"{where}.num_components must be a positive integer or 'auto', found {k!r}")
+    threshold = options.get("variance_threshold")
+    if threshold is not None and not (_is_number(threshold) and 0 < threshold <= 1):
+        problems.append(f"{where}.variance_threshold must be null or a number in (0, 1], found {threshold!r}")
+    if "center" in options and not isinstance(options["center"], bool):
+        problems.append(f"{where}.center must be true or false, found {options['center']!r}")
+    if options.get("factor_form", "scaled") != "scaled":
+        problems.append(
+            f"{where}.factor_form must be 'scaled' (the only form this version reconstructs), "
+            f"found {options['factor_form']!r}"
+        )
+    return problems
+
+
+def _stats_problems(stats: object, names: Sequence[str] | None) -> list[str]:
+    where = f"{CONFIG_FILE}: stats"
+    if not isinstance(stats, dict):
+        return [f"{where} must be an object, found {type(stats).__name__}"]
+    problems = []
+    if "original_bytes" in stats and not _is_int(stats["original_bytes"], 0):
+        problems.append(f"{where}.original_bytes must be an integer >= 0, found {stats['original_bytes']!r}")
+    errors = stats.get("dw_error")
+    if not isinstance(errors, dict):
+        return problems + [f"{where}.dw_error must be an object of adapter -> relative error, found {errors!r}"]
+    for name in names or []:
+        if name not in errors:
+            problems.append(f"{where}.dw_error has no entry for adapter {name!r}")
+        elif not _is_error(errors[name]):
+            problems.append(f"{where}.dw_error[{name!r}] must be a number >= 0, found {errors[name]!r}")
+    return problems
+
+
+def _storage_code(config: Mapping) -> str | None:
+    """The safetensors dtype code options.dtype asks for, when it names a valid dtype."""
+    options = config.get("options")
+    return _CODES.get(options.get("dtype")) if isinstance(options, dict) else None
 
 
 def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | None, dict]:
@@ -182,13 +273,22 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
         problems.append(f"{CONFIG_FILE}: method must be 'share', found {config['method']!r}")
     if "library" in config and config["library"] != "lorashare":
         problems.append(f"{CONFIG_FILE}: library must be 'lorashare', found {config['library']!r}")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        problems.append(f"{CONFIG_FILE}: base_model_name_or_path must be a string or null, found {base!r}")
     names, name_problems = _adapter_names(config)
     problems += name_problems
+    if "options" in config:
+        problems += _options_problems(config["options"])
+    if "stats" in config:
+        problems += _stats_problems(config["stats"], names)
     groups = config.get("groups", {})
     parsed: dict[str, dict[str, _Side]] = {}
     if not isinstance(groups, dict):
         problems.append(f"{CONFIG_FILE}: 'groups' must be an object, found {type(groups).__name__}")
         groups = {}
+    elif "groups" in config and not groups:
+        problems.append(f"{CONFIG_FILE}: 'groups' is empty; a checkpoint holds at least one LoRA module")
     for module, group in groups.items():
         parsed[module], group_problems = _parse_group(module, group)
         problems += group_problems
@@ -210,7 +310,7 @@ def _split_key(key: str, suffixes: Sequence[str]) -> tuple[str, str] | None:
 
 def _shape_problems(
     expected: Mapping[str, tuple[int, ...]],
-    found: Mapping[str, tuple[int, ...]],
+    found: _Specs,
     *,
     where: str,
     malformed: set[tuple[str, str]],
@@ -222,9 +322,9 @@ def _shape_problems(
     for key, shape in expected.items():
         if key not in found:
             problems.append(f"{where} lacks tensor {key!r} (expected shape {list(shape)})")
-        elif tuple(found[key]) != tuple(shape):
+        elif tuple(found[key][0]) != tuple(shape):
             problems.append(
-                f"{where}: tensor {key!r} has shape {list(found[key])}, but share_config.json "
+                f"{where}: tensor {key!r} has shape {list(found[key][0])}, but share_config.json "
                 f"and the adapter metadata give {list(shape)}"
             )
     for key in sorted(set(found) - set(expected)):
@@ -233,7 +333,21 @@ def _shape_problems(
     return problems
 
 
-def _component_problems(groups: Mapping[str, dict[str, _Side]], found: Mapping) -> list[str]:
+def _dtype_problems(found: _Specs, *, where: str, want: str | None) -> list[str]:
+    """Basis, means and loadings are stored in options.dtype (any float dtype when unset)."""
+    wrong: dict[str, list[str]] = {}
+    for key, (_, code) in found.items():
+        if (code != want) if want else (code not in _CODES.values()):
+            wrong.setdefault(code, []).append(key)
+    names = {code: name for name, code in _CODES.items()}
+    expected = f"{want} ({names[want]}, the options.dtype of {CONFIG_FILE})" if want else "a floating dtype (F64/F32/F16/BF16)"
+    return [
+        f"{where}: {len(keys)} tensor(s) stored as {code}, expected {expected} (e.g. {keys[0]!r})"
+        for code, keys in sorted(wrong.items())
+    ]
+
+
+def _component_problems(groups: Mapping[str, dict[str, _Side]], found: _Specs, want: str | None) -> list[str]:
     expected = {}
     for module, sides in groups.items():
         for side, s in sides.items():
@@ -243,19 +357,25 @@ def _component_problems(groups: Mapping[str, dict[str, _Side]], found: Mapping) 
     malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides}
     return _shape_problems(
         expected, found, where=COMPONENTS_FILE, malformed=malformed, suffixes=(".basis", ".mean")
-    )
+    ) + _dtype_problems(found, where=COMPONENTS_FILE, want=want)
 
 
-def _meta_problems(meta: Mapping, where: str) -> tuple[list[str], dict[str, int]]:
+def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> tuple[list[str], dict[str, int]]:
     """Problems of one adapter_meta.json, and its valid ranks."""
     problems = [f"{where} lacks the required key {key!r}" for key in _REQUIRED_META_KEYS if key not in meta]
-    if "peft_config" in meta and not isinstance(meta["peft_config"], dict):
-        problems.append(f"{where}: 'peft_config' must be an object")
+    if "peft_config" in meta:
+        peft = meta["peft_config"]
+        if not isinstance(peft, dict):
+            problems.append(f"{where}: 'peft_config' must be an object (the adapter's adapter_config.json)")
+        elif not isinstance(peft.get("peft_type"), str) or peft["peft_type"].upper() != "LORA":
+            problems.append(f"{where}: peft_config.peft_type must be 'LORA', found {peft.get('peft_type')!r}")
     if "dtype" in meta and meta["dtype"] not in FLOAT_DTYPE_NAMES:
         problems.append(
             f"{where}: 'dtype' must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {meta['dtype']!r}"
         )
-    for key in ("ranks", "scales"):
+    if "original_bytes" in meta and not _is_int(meta["original_bytes"], 0):
+        problems.append(f"{where}: 'original_bytes' must be an integer >= 0, found {meta['original_bytes']!r}")
+    for key in ("ranks", "scales", "dw_error"):
         if key in meta and not isinstance(meta[key], dict):
             problems.append(f"{where}: {key!r} must be an object of module -> value")
     ranks = meta.get("ranks") if isinstance(meta.get("ranks"), dict) else {}
@@ -265,6 +385,23 @@ def _meta_problems(meta: Mapping, where: str) -> tuple[list[str], dict[str, int]
         for m, r in ranks.items()
         if m not in valid
     ]
+    if isinstance(meta.get("ranks"), dict):
+        problems += [f"{where}: no rank for module {m!r}" for m in groups if m not in ranks]
+        problems += [f"{where}: rank given for {m!r}, which is not a group of {CONFIG_FILE}" for m in ranks if m not in groups]
+    scales = meta.get("scales")
+    if isinstance(scales, dict):
+        for m in groups:
+            if m not in scales:
+                problems.append(f"{where}: no scale for module {m!r}")
+            elif not _is_scale(scales[m]):
+                problems.append(f"{where}: scale of {m!r} must be a finite non-zero number, found {scales[m]!r}")
+    errors = meta.get("dw_error")
+    if isinstance(errors, dict):
+        problems += [
+            f"{where}: dw_error of {m!r} must be a number >= 0, found {e!r}"
+            for m, e in errors.items()
+            if not _is_error(e)
+        ]
     return problems, valid
 
 
@@ -272,19 +409,21 @@ def _adapter_problems(
     name: str,
     groups: Mapping[str, dict[str, _Side]],
     meta: Mapping | None,
-    loadings: Mapping[str, tuple[int, ...]] | None,
+    loadings: _Specs | None,
+    heads: _Specs | None,
+    want: str | None,
 ) -> list[str]:
-    """Problems of one adapter's meta and loadings against the groups of share_config.json."""
+    """Problems of one adapter's meta, loadings and heads against the groups of share_config.json."""
     if meta is None:
         return []
-    meta_where = f"{ADAPTERS_DIR}/{name}/{META_FILE}"
-    problems, ranks = _meta_problems(meta, meta_where)
-    raw_ranks = meta.get("ranks") if isinstance(meta.get("ranks"), dict) else None
-    if raw_ranks is not None:
-        missing = [m for m in groups if m not in raw_ranks]
-        extra = [m for m in raw_ranks if m not in groups]
-        problems += [f"{meta_where}: no rank for module {m!r}" for m in missing]
-        problems += [f"{meta_where}: rank given for {m!r}, which is not a group of {CONFIG_FILE}" for m in extra]
+    problems, ranks = _meta_problems(meta, f"{ADAPTERS_DIR}/{name}/{META_FILE}", groups)
+    if heads:
+        factor_keys = {f"{m}.{side}.weight" for m in groups for side in _SIDES}
+        problems += [
+            f"{ADAPTERS_DIR}/{name}/{HEAD_FILE} holds {key!r}, a LoRA factor key that reconstruction "
+            "writes itself"
+            for key in sorted(set(heads) & factor_keys)
+        ]
     if loadings is None:
         return problems
     expected = {
@@ -295,7 +434,11 @@ def _adapter_problems(
     }
     malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides or m not in ranks}
     where = f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}"
-    return problems + _shape_problems(expected, loadings, where=where, malformed=malformed, suffixes=("",))
+    return (
+        problems
+        + _shape_problems(expected, loadings, where=where, malformed=malformed, suffixes=("",))
+        + _dtype_problems(loadings, where=where, want=want)
+    )
 
 
 def _problem_report(where: str, problems: Sequence[str]) -> str:
@@ -362,13 +505,12 @@ def _select(names: list[str] | None, adapters: Sequence[str] | None, folder: Pat
     return list(dict.fromkeys(adapters))
 
 
-def _header_or_problem(path: Path, problems: list[str]) -> dict[str, tuple[int, ...]] | None:
+def _header_or_problem(path: Path, problems: list[str]) -> _Specs | None:
     try:
-        header = read_safetensors_header(path, error=CheckpointError, context="checkpoint")
+        return read_safetensors_header(path, error=CheckpointError, context="checkpoint")
     except CheckpointError as exc:
         problems.append(str(exc).removeprefix("checkpoint: "))
         return None
-    return {key: shape for key, (shape, _) in header.items()}
 
 
 def _json_or_problem(path: Path, problems: list[str]) -> dict | None:
@@ -404,9 +546,10 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
     selected = _select(names, adapters, folder)
     if selected is None:
         raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
+    want = _storage_code(config)
     components = _header_or_problem(folder / COMPONENTS_FILE, problems)
     if components is not None:
-        problems += _component_problems(groups, components)
+        problems += _component_problems(groups, components, want)
     metas = {}
     for name in selected:
         adir = folder / ADAPTERS_DIR / name
@@ -415,9 +558,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
             continue
         meta = _json_or_problem(adir / META_FILE, problems)
         loadings = _header_or_problem(adir / LOADINGS_FILE, problems)
-        if (adir / HEAD_FILE).exists():
-            _header_or_problem(adir / HEAD_FILE, problems)
-        problems += _adapter_problems(name, groups, meta, loadings)
+        heads = _header_or_problem(adir / HEAD_FILE, problems) if os.path.lexists(adir / HEAD_FILE) else None
+        problems += _adapter_problems(name, groups, meta, loadings, heads, want)
         if meta is not None:
             metas[name] = meta
     if adapters is None:
@@ -531,13 +673,15 @@ def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
 # ------------------------------------------------------------------------------ writing
 
 
-def _tensor_shapes(tensors: object, where: str, problems: list[str]) -> dict[str, tuple[int, ...]] | None:
+def _tensor_specs(tensors: object, where: str, problems: list[str]) -> _Specs | None:
+    """Key -> (shape, dtype code) of tensors in memory, as :func:`read_safetensors_header` gives
+    them for a file."""
     if not isinstance(tensors, Mapping):
         problems.append(f"{where} must be a dict of name -> tensor, found {type(tensors).__name__}")
         return None
     bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     problems += [f"{where}: {k!r} is not a str -> torch.Tensor entry" for k in bad]
-    return {k: tuple(v.shape) for k, v in tensors.items() if k not in bad}
+    return {k: (tuple(v.shape), dtype_code(v.dtype)) for k, v in tensors.items() if k not in bad}
 
 
 def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
@@ -548,9 +692,10 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
     if ckpt.config.get("format_version") != FORMAT_VERSION:
         found = ckpt.config.get("format_version")
         problems.append(f"{CONFIG_FILE}: format_version must be {FORMAT_VERSION}, found {found!r}")
-    components = _tensor_shapes(ckpt.components, COMPONENTS_FILE, problems)
+    want = _storage_code(ckpt.config)
+    components = _tensor_specs(ckpt.components, COMPONENTS_FILE, problems)
     if components is not None:
-        problems += _component_problems(groups, components)
+        problems += _component_problems(groups, components, want)
     if names is None:
         return problems
     for attr in ("loadings", "metas", "heads"):
@@ -565,16 +710,16 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
         if not isinstance(meta, dict):
             problems.append(f"metas[{name!r}] must be a dict, found {type(meta).__name__}")
             continue
-        loadings = _tensor_shapes(ckpt.loadings[name], f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}", problems)
-        problems += _adapter_problems(name, groups, meta, loadings)
-        _tensor_shapes(ckpt.heads.get(name) or {}, f"{ADAPTERS_DIR}/{name}/{HEAD_FILE}", problems)
+        loadings = _tensor_specs(ckpt.loadings[name], f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}", problems)
+        heads = _tensor_specs(ckpt.heads.get(name) or {}, f"{ADAPTERS_DIR}/{name}/{HEAD_FILE}", problems)
+        problems += _adapter_problems(name, groups, meta, loadings, heads, want)
     return problems
 
 
 def _json_text(data: object, what: str, error: type[ShareError]) -> str:
     try:
         return json.dumps(data, indent=2) + "\n"
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise error(
             f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, "
             "None, lists and dicts."
@@ -630,6 +775,30 @@ def save_checkpoint(
                 save_safetensors(adir / HEAD_FILE, ckpt.heads[name])
             (adir / META_FILE).write_text(meta_texts[name], encoding="utf-8")
     return checkpoint_file_bytes(directory)
+
+
+def check_checkpoint_target(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check up front that :func:`save_checkpoint` may write `directory` (nothing is written).
+
+    Lets a caller refuse a bad output path before a long compression rather than after it.
+
+    Raises:
+        CheckpointExistsError: `directory` exists (without `overwrite`), is a file, or is a
+            non-empty folder that is not a checkpoint.
+        WriteError: A file stands where one of its parent folders should be.
+    """
+    return check_output_target(directory, overwrite=overwrite, marker=CONFIG_FILE, what="lorashare checkpoint")
+
+
+def check_adapter_target(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check up front that :func:`write_peft_adapter` may write `directory` (nothing is written).
+
+    Raises:
+        CheckpointExistsError: `directory` exists (without `overwrite`), is a file, or is a
+            non-empty folder that is not a PEFT adapter.
+        WriteError: A file stands where one of its parent folders should be.
+    """
+    return check_output_target(directory, overwrite=overwrite, marker=ADAPTER_CONFIG_FILE, what="PEFT adapter")
 
 
 def write_peft_adapter(

@@ -108,7 +108,8 @@ def make_checkpoint(names=("sst2", "cola", "mrpc"), *, ranks=None, dtypes=None, 
         groups[module] = {"d_in": d_in, "d_out": d_out}
         for side, d in (("lora_A", d_in), ("lora_B", d_out)):
             centered = i == 0 and side == "lora_A"
-            groups[module][side] = {"k": K[side], "centered": centered, "explained_variance": 0.9}
+            groups[module][side] = {"k": K[side], "centered": centered, "rank": 2 * K[side],
+                                    "stacked_columns": 4 * len(names), "explained_variance": 0.9}
             components[f"{module}.{side}.basis"] = torch.randn(d, K[side], generator=g)
             if centered:
                 components[f"{module}.{side}.mean"] = torch.randn(d, generator=g)
@@ -127,6 +128,7 @@ def make_checkpoint(names=("sst2", "cola", "mrpc"), *, ranks=None, dtypes=None, 
             "ranks": {m: r for m in MODULES},
             "scales": {m: 8 / r for m in MODULES},
             "original_bytes": 10_000 + j,
+            "dw_error": {m: 0.01 for m in MODULES},
         }
     config = {
         "format_version": 1, "library": "lorashare", "library_version": "0.2.0.dev0", "method": "share",
