@@ -155,6 +155,7 @@ class SHAREModel:
         show_progress: bool | None = None,
         revision: str | None = None,
         token: str | None = None,
+        allow_pickle: bool = False,
     ) -> SHAREModel:
         """Compress PEFT LoRA adapters into one shared basis per (module, side).
 
@@ -174,6 +175,8 @@ class SHAREModel:
                 exactly; the result equals the all-at-once basis within floating-point tolerance.
             show_progress: Progress bar on stderr: `None` shows it only on a terminal.
             revision, token: Passed to the Hub for Hub ids.
+            allow_pickle: Also read adapters saved as `adapter_model.bin` (pickle), and then only through
+                `torch.load(weights_only=True)`. Off by default: only safetensors are read.
 
         Returns:
             The compressed collection, not yet written: call :meth:`save_pretrained`.
@@ -190,7 +193,7 @@ class SHAREModel:
         names = _normalize_sources(adapters)
 
         sources = [
-            open_adapter(path, name=name, revision=revision, token=token)
+            open_adapter(path, name=name, revision=revision, token=token, allow_pickle=allow_pickle)
             for name, path in progress(names.items(), desc="reading adapters", total=len(names), enabled=show_progress)
         ]
         check_compatible(sources)
@@ -515,7 +518,8 @@ class SHAREModel:
                 (meta["dw_error"][m] * float(meta["dw_norm"][m]), float(meta["dw_norm"][m])) for m in meta["dw_norm"])
 
     def add_adapter(self, path_or_id: str | os.PathLike, name: str | None = None, *, update_basis: bool = True,
-                    show_progress: bool | None = None, revision: str | None = None, token: str | None = None) -> str:
+                    show_progress: bool | None = None, revision: str | None = None, token: str | None = None,
+                    allow_pickle: bool = False) -> str:
         """Fold one more adapter into the collection, without the original files of the others.
 
         Args:
@@ -525,7 +529,7 @@ class SHAREModel:
                 stored loading is rotated into the new basis; k is chosen by the checkpoint's rule again).
                 `False` only projects the new adapter on the existing basis: nothing else changes, but the new
                 adapter is only as well represented as the basis allows (see its dW error in `stats()`).
-            show_progress, revision, token: As in :meth:`from_adapters`.
+            show_progress, revision, token, allow_pickle: As in :meth:`from_adapters`.
 
         Returns:
             The new adapter's name. The model changes in memory; call :meth:`save_pretrained` to keep it. The
@@ -537,7 +541,7 @@ class SHAREModel:
         if name in self._ckpt.metas:
             raise InvalidArgumentError(f"the checkpoint already holds an adapter named {name!r}; pass another name "
                                        f"(CLI: --name) or remove the old one first")
-        src = open_adapter(path_or_id, name=name, revision=revision, token=token)
+        src = open_adapter(path_or_id, name=name, revision=revision, token=token, allow_pickle=allow_pickle)
         self._check_fits(src)
         opts = self._ckpt.config["options"]
         k, threshold = ((None, opts["variance_threshold"]) if opts["num_components"] == "auto"
