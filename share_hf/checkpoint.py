@@ -138,6 +138,12 @@ def _is_scale(value: object) -> bool:
     return math.isfinite(number) and number != 0
 
 
+def _is_dtype_name(value: object) -> bool:
+    """One of "float64", "float32", "float16", "bfloat16" (a JSON list or object is not: it
+    cannot even be looked up)."""
+    return isinstance(value, str) and value in FLOAT_DTYPE_NAMES
+
+
 def _is_error(value: object) -> bool:
     """A relative error: a number >= 0 (``Infinity`` allowed, for an all-zero original)."""
     return _is_number(value) and value >= 0
@@ -204,9 +210,12 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
         problems += bad
         if not _is_int(spec.get("rank"), 0):
             problems.append(f"{where}: {side}.rank must be an integer >= 0, found {spec.get('rank')!r}")
-        if not _is_number(spec.get("explained_variance")):
+        if "explained_variance" not in spec or not (
+            spec["explained_variance"] is None or _is_number(spec["explained_variance"])
+        ):
             problems.append(
-                f"{where}: {side}.explained_variance must be a number, found {spec.get('explained_variance')!r}"
+                f"{where}: {side}.explained_variance must be a number or null (unknown), found "
+                f"{spec.get('explained_variance', '(missing)')!r}"
             )
         if "stacked_columns" in spec and not _is_int(spec["stacked_columns"], 0):
             problems.append(
@@ -222,14 +231,19 @@ def _options_problems(options: object) -> list[str]:
     if not isinstance(options, dict):
         return [f"{where} must be an object, found {type(options).__name__}"]
     problems = []
-    if "dtype" in options and options["dtype"] not in FLOAT_DTYPE_NAMES:
+    if "dtype" in options and not _is_dtype_name(options["dtype"]):
         problems.append(f"{where}.dtype must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {options['dtype']!r}")
-    k = options.get("num_components", "auto")
+    k = options.get("num_components")
     if not (k == "auto" or _is_int(k, 1)):
-        problems.append(f"{where}.num_components must be a positive integer or 'auto', found {k!r}")
+        found = repr(k) if "num_components" in options else "nothing"
+        problems.append(f"{where}.num_components must be a positive integer or 'auto', found {found}")
     threshold = options.get("variance_threshold")
-    if threshold is not None and not (_is_number(threshold) and 0 < threshold <= 1):
-        problems.append(f"{where}.variance_threshold must be null or a number in (0, 1], found {threshold!r}")
+    if (threshold is not None or k == "auto") and not (_is_number(threshold) and 0 < threshold <= 1):
+        problems.append(
+            f"{where}.variance_threshold must be a number in (0, 1]"
+            + (" when num_components is 'auto'" if k == "auto" else " or null")
+            + f", found {threshold!r}"
+        )
     if "center" in options and not isinstance(options["center"], bool):
         problems.append(f"{where}.center must be true or false, found {options['center']!r}")
     if options.get("factor_form", "scaled") != "scaled":
@@ -261,7 +275,8 @@ def _stats_problems(stats: object, names: Sequence[str] | None) -> list[str]:
 def _storage_code(config: Mapping) -> str | None:
     """The safetensors dtype code options.dtype asks for, when it names a valid dtype."""
     options = config.get("options")
-    return _CODES.get(options.get("dtype")) if isinstance(options, dict) else None
+    dtype = options.get("dtype") if isinstance(options, dict) else None
+    return _CODES[dtype] if _is_dtype_name(dtype) else None
 
 
 def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | None, dict]:
@@ -369,7 +384,7 @@ def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> t
             problems.append(f"{where}: 'peft_config' must be an object (the adapter's adapter_config.json)")
         elif not isinstance(peft.get("peft_type"), str) or peft["peft_type"].upper() != "LORA":
             problems.append(f"{where}: peft_config.peft_type must be 'LORA', found {peft.get('peft_type')!r}")
-    if "dtype" in meta and meta["dtype"] not in FLOAT_DTYPE_NAMES:
+    if "dtype" in meta and not _is_dtype_name(meta["dtype"]):
         problems.append(
             f"{where}: 'dtype' must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {meta['dtype']!r}"
         )
@@ -395,13 +410,17 @@ def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> t
                 problems.append(f"{where}: no scale for module {m!r}")
             elif not _is_scale(scales[m]):
                 problems.append(f"{where}: scale of {m!r} must be a finite non-zero number, found {scales[m]!r}")
-    errors = meta.get("dw_error")
-    if isinstance(errors, dict):
-        problems += [
-            f"{where}: dw_error of {m!r} must be a number >= 0, found {e!r}"
-            for m, e in errors.items()
-            if not _is_error(e)
-        ]
+    for key in ("dw_error", "dw_norm"):  # dw_norm (written since 0.2) is optional
+        values = meta.get(key)
+        if key in meta and not isinstance(values, dict):
+            if key == "dw_norm":
+                problems.append(f"{where}: 'dw_norm' must be an object of module -> value")
+            continue
+        for m in groups if isinstance(values, dict) else ():
+            if m not in values:
+                problems.append(f"{where}: no {key} for module {m!r}")
+            elif not _is_error(values[m]):
+                problems.append(f"{where}: {key} of {m!r} must be a number >= 0, found {values[m]!r}")
     return problems, valid
 
 

@@ -133,7 +133,7 @@ def make_checkpoint(names=("sst2", "cola", "mrpc"), *, ranks=None, dtypes=None, 
     config = {
         "format_version": 1, "library": "lorashare", "library_version": "0.2.0.dev0", "method": "share",
         "base_model_name_or_path": "tiny-bert", "adapters": list(names),
-        "options": {"center": True}, "groups": groups, "stats": {"dw_error": {n: 0.01 for n in names}},
+        "options": {"num_components": 3, "variance_threshold": None, "center": True}, "groups": groups, "stats": {"dw_error": {n: 0.01 for n in names}},
     }
     return Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas)
 
