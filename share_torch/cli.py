@@ -8,10 +8,12 @@ bars and errors go to stderr. Exit codes: 0 success, 1 a known error (one line, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from share_core.errors import CheckpointExistsError, InvalidArgumentError, ShareError
@@ -47,11 +49,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     else:
         adapters = args.adapters
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        # Checked before the (possibly long) compression, and again atomically when writing.
-        raise CheckpointExistsError(
-            f"output {out} already exists; pass --overwrite to replace it, or choose another -o path"
-        )
+    # Checked before the (possibly long) compression, and again atomically when writing.
+    _check_output(out, overwrite=args.overwrite, kind="checkpoint")
     share = SHAREModel.from_adapters(
         adapters,
         num_components=_num_components(args.num_components),
@@ -62,6 +61,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         layer_by_layer=args.layer_by_layer,
         chunk_size=args.chunk_size,
         show_progress=False if args.quiet else None,
+        allow_pickle=args.allow_pickle,
     )
     share.save_pretrained(out, overwrite=args.overwrite)
     share.summary()
@@ -90,15 +90,38 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     names = share.adapter_names if names is None else names
     out = Path(args.output)
     targets = {name: out / name if args.reconstruct_all else out for name in names}
-    existing = [str(t) for t in targets.values() if t.exists()]
+    if args.reconstruct_all:
+        _check_output(out, overwrite=True, kind="folder")
+    existing = [str(t) for t in targets.values() if os.path.lexists(t) and t.is_dir()]
     if existing and not args.overwrite:
         raise CheckpointExistsError(
             f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose another -o path"
         )
+    for target in targets.values():
+        _check_output(target, overwrite=args.overwrite, kind="adapter")
     for name, target in targets.items():
         share.reconstruct(name, output_dir=target, overwrite=args.overwrite)
         print(f"{name} -> {target}")
     return 0
+
+
+def _check_output(path: Path, *, overwrite: bool, kind: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    from share_hf import check_adapter_target, check_checkpoint_target
+
+    if os.path.lexists(path) and not path.is_dir():
+        raise CheckpointExistsError(
+            f"expected -o {path} to be a folder to create, found a file there; choose another -o path "
+            "(or remove that file)"
+        )
+    if kind == "folder":
+        return
+    if os.path.lexists(path) and not overwrite:
+        raise CheckpointExistsError(
+            f"output {path} already exists; pass --overwrite to replace it, or choose another -o path"
+        )
+    check = check_checkpoint_target if kind == "checkpoint" else check_adapter_target
+    check(path, overwrite=overwrite)
 
 
 def _common_flags(default) -> argparse.ArgumentParser:
@@ -146,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility; exact chunked compression is NOT implemented yet: "
                         "all adapters are processed together (a warning says so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --output")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read adapter_model.bin (pickle) where an adapter has no safetensors file, through "
+                        "torch.load(weights_only=True) only; off by default: pickle files can run code")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("info", parents=[common], help="print a checkpoint's figures",
@@ -175,25 +201,69 @@ def _configure_logging(args: argparse.Namespace) -> None:
     root.propagate = False
 
 
+def one_line(text: str) -> str:
+    """A multi-line message (a list of problems) as one line: bullets joined by "; "."""
+    parts: list[str] = []
+    items: list[str] = []
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("- "):
+            items.append(line[2:].strip())
+            continue
+        if items:
+            parts.append("; ".join(items) + ".")
+            items = []
+        parts.append(line)
+    if items:
+        parts.append("; ".join(items))
+    return " ".join(parts)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each on stderr, without the source line Python would print."""
+    print(f"lorashare: warning: {one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lorashare`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("LORASHARE_DEBUG", "") not in ("", "0")
     _configure_logging(args)
+    with warnings.catch_warnings() if not debug else contextlib.nullcontext():
+        if not debug:
+            warnings.showwarning = _show_warning
+        return _run(args, debug)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return args.func(args)
     except ShareError as exc:
         if debug:
             raise
-        print(f"lorashare: error: {exc}", file=sys.stderr)
+        print(f"lorashare: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lorashare: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system said no somewhere share_hf does not wrap
+        if debug:
+            raise
+        print(f"lorashare: error: {one_line(str(exc))}; fix: check the path, its permissions and the free "
+              "disk space (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if debug:
+            raise
+        print("lorashare: error: out of memory; fix: compress fewer adapters at once, use --layer-by-layer, "
+              "or run on a machine with more memory", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug or an environment problem we did not foresee
         if debug:
             raise
-        print(f"lorashare: unexpected error: {type(exc).__name__}: {exc} "
+        print(f"lorashare: unexpected error: {type(exc).__name__}: {one_line(str(exc))} "
               f"(run with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
 
