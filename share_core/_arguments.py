@@ -1,4 +1,9 @@
-"""Argument validation shared by the public functions, and :class:`InvalidArgumentError`."""
+"""Argument validation shared by the public functions.
+
+:class:`InvalidArgumentError` is the one class of ``share_core.errors`` (re-exported here and
+from ``share_core``), so ``except share_core.errors.InvalidArgumentError`` catches what these
+checks raise.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import numbers
 import operator
 from typing import Any
 
-from share_core.errors import ShapeError, ShareError
+from share_core.errors import InvalidArgumentError, ShapeError
 
 __all__ = [
     "InvalidArgumentError",
@@ -16,10 +21,6 @@ __all__ = [
     "check_positive_int",
     "check_real",
 ]
-
-
-class InvalidArgumentError(ShareError, ValueError):
-    """An option with a value outside what the function accepts (the message names it)."""
 
 
 def check_matrix(x: Any, name: str, *, nonempty: bool = False) -> tuple[int, int]:

@@ -45,3 +45,11 @@ def test_only_the_compat_module_imports_array_api_compat():
 def test_public_api_is_exactly_the_documented_names():
     assert set(share_core.__all__) == PUBLIC
     assert all(callable(getattr(share_core, name)) for name in PUBLIC)
+
+
+def test_invalid_argument_error_is_the_one_class_of_the_error_family():
+    from share_core import errors
+
+    assert share_core.InvalidArgumentError is errors.InvalidArgumentError
+    assert issubclass(errors.InvalidArgumentError, errors.ShareError)
+    assert issubclass(errors.InvalidArgumentError, ValueError)
