@@ -171,7 +171,9 @@ def basis(
         Orthonormal columns, ``q`` = numerical rank (``0 <= q <= min(d, n)``; ``q = 0`` for
         all-zero data). The entry of largest magnitude of each column is positive.
     energies : array, shape (q,)
-        Squared singular values, descending.
+        Squared singular values, descending. From a Gram or covariance route they carry an
+        absolute error of about ``eps * s_max**2`` (relative to the total, negligible for
+        :func:`select_k`).
     mean : array, shape (d,) or None
         The column mean when `center` is true, else ``None``.
 

@@ -115,7 +115,8 @@ def test_numpy_and_torch_give_the_same_projector(dtype, data, center):
     (p_np, e_np), (p_t, e_t) = results
     assert p_np.shape == p_t.shape
     assert np.allclose(p_np, p_t, atol=1e-4 if dtype == "float32" else 1e-9)
-    assert np.allclose(e_np, e_t, rtol=1e-4, atol=1e-6)
+    # a scatter's eigenvalues carry an absolute error of about eps * s_max**2
+    assert np.allclose(e_np, e_t, rtol=1e-4, atol=TOL[dtype] * e_np.max(initial=0.0))
 
 
 @pytest.mark.parametrize("method", ROUTES)
