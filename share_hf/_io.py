@@ -337,6 +337,21 @@ def clean_stale_siblings(target: str | os.PathLike) -> list[Path]:
     return done
 
 
+def replaced_siblings(target: str | os.PathLike) -> list[Path]:
+    """``.<target>.old-...`` folders beside `target`: the previous checkpoint, renamed aside by a
+    save that was interrupted before its successor moved in (only where ``renameat2`` is missing)."""
+    target = Path(target).absolute()
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(
+        entry for entry in entries
+        if (m := _SIBLING.fullmatch(entry.name)) and m["target"] == target.name and m["kind"] == "old"
+        and entry.is_dir()
+    )
+
+
 @contextlib.contextmanager
 def atomic_directory(
     target: str | os.PathLike, *, overwrite: bool, marker: str, what: str

@@ -47,6 +47,7 @@ from share_hf._io import (
     name_problem,
     read_json,
     read_safetensors_header,
+    replaced_siblings,
     safetensors_nbytes,
     save_safetensors,
 )
@@ -480,6 +481,13 @@ def _resolve_checkpoint(path_or_id, adapters: Sequence[str] | None, revision, to
         raise CheckpointError(
             f"expected a lorashare checkpoint folder, found a file: {source!r}. Fix: pass the "
             f"folder that holds {CONFIG_FILE}."
+        )
+    aside = replaced_siblings(path)
+    if aside:
+        raise CheckpointError(
+            f"expected a lorashare checkpoint folder at {source!r}, found none, but {aside[-1]} holds the "
+            "checkpoint a save was replacing when it was interrupted. Fix: rename that folder back to "
+            f"{path.name!r}, or save to {source!r} again (the next save puts it back first)."
         )
     if not looks_like_hub_id(source):
         raise CheckpointError(
