@@ -22,6 +22,7 @@ from share_core._basis import basis
 from share_core._compat import array_namespace
 from share_core._factors import balance, dw_error, fold_scale, relative_error
 from share_core._linalg import eigh
+from share_core._merge import merge_bases
 from share_core._projection import compress_side, project, reconstruct
 from share_core._select import explained_variance, select_k
 from share_core._stats import center, centered_scatter, covariance, scatter_stats, stack
@@ -35,6 +36,7 @@ __all__ = [
     "centered_scatter",
     "eigh",
     "basis",
+    "merge_bases",
     "select_k",
     "explained_variance",
     "project",

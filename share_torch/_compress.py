@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 import share_core as core
-from share_core._merge import merge_bases  # TODO(lead): public export once share_core/__init__ is free
 from share_hf.adapters import AdapterSource
 
 SIDES = ("lora_A", "lora_B")
@@ -91,8 +90,8 @@ def _merge(state: tuple | None, part: tuple) -> tuple:
     u1, s1, m1, n1 = state
     u2, s2, m2, n2 = part
     if m1 is None:
-        return (*merge_bases(u1, s1, u2, s2)[:2], None, n1 + n2)
-    return merge_bases(u1, s1, u2, s2, mean1=m1, n1=n1, mean2=m2, n2=n2)
+        return (*core.merge_bases(u1, s1, u2, s2)[:2], None, n1 + n2)
+    return core.merge_bases(u1, s1, u2, s2, mean1=m1, n1=n1, mean2=m2, n2=n2)
 
 
 def fit_sides(parts: Iterator[Sequence[Folded]], *, k: int | None, threshold: float | None,

@@ -23,7 +23,6 @@ import torch
 from share_hf.checkpoint import Checkpoint
 
 import share_core as core
-from share_core._merge import merge_bases  # TODO(lead): public export once share_core/__init__ is free
 
 from ._compress import SIDES, columns, dw_abs_and_norm, restore, store
 
@@ -53,10 +52,10 @@ def added_side(old_loads: dict[str, torch.Tensor], basis: torch.Tensor, mean: to
     u_new, e_new, m_new = core.basis(x_new, center=mean is not None)
     part = (u_new, torch.sqrt(e_new), m_new, int(x_new.shape[1]))
     if mean is None:
-        u, s = merge_bases(old[0], old[1], part[0], part[1])[:2]
+        u, s = core.merge_bases(old[0], old[1], part[0], part[1])[:2]
         merged_mean = None
     else:
-        u, s, merged_mean, _ = merge_bases(old[0], old[1], part[0], part[1], mean1=old[2], n1=old[3],
+        u, s, merged_mean, _ = core.merge_bases(old[0], old[1], part[0], part[1], mean1=old[2], n1=old[3],
                                            mean2=part[2], n2=part[3])
     energies = s * s
     kk = core.select_k(energies, k=k, variance_threshold=threshold)

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core_testing import TOL
-from share_core import basis
-from share_core._merge import merge_bases
+from share_core import basis, merge_bases
 from share_core.errors import ShapeError, ShareError
 
 
