@@ -280,8 +280,11 @@ def _storage_code(config: Mapping) -> str | None:
     return _CODES[dtype] if _is_dtype_name(dtype) else None
 
 
-def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | None, dict]:
-    """(problems, unknown keys, adapter names or None, parsed groups) of a share_config.json."""
+def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | None, dict | None]:
+    """(problems, unknown keys, adapter names or None, parsed groups or None) of a share_config.json.
+
+    Groups are None when 'groups' is missing or not an object: then no tensor can be judged
+    against them, and only the problem with 'groups' itself is reported (not one per tensor)."""
     problems = [f"{CONFIG_FILE} lacks the required key {key!r}" for key in _REQUIRED_KEYS if key not in config]
     problems += _format_version_problems(config)
     unknown = sorted(set(config) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
@@ -298,13 +301,15 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
         problems += _options_problems(config["options"])
     if "stats" in config:
         problems += _stats_problems(config["stats"], names)
-    groups = config.get("groups", {})
-    parsed: dict[str, dict[str, _Side]] = {}
+    groups = config.get("groups")
+    if "groups" not in config:
+        return problems, unknown, names, None
     if not isinstance(groups, dict):
         problems.append(f"{CONFIG_FILE}: 'groups' must be an object, found {type(groups).__name__}")
-        groups = {}
-    elif "groups" in config and not groups:
+        return problems, unknown, names, None
+    if not groups:
         problems.append(f"{CONFIG_FILE}: 'groups' is empty; a checkpoint holds at least one LoRA module")
+    parsed: dict[str, dict[str, _Side]] = {}
     for module, group in groups.items():
         parsed[module], group_problems = _parse_group(module, group)
         problems += group_problems
@@ -363,7 +368,9 @@ def _dtype_problems(found: _Specs, *, where: str, want: str | None) -> list[str]
     ]
 
 
-def _component_problems(groups: Mapping[str, dict[str, _Side]], found: _Specs, want: str | None) -> list[str]:
+def _component_problems(groups: Mapping[str, dict[str, _Side]] | None, found: _Specs, want: str | None) -> list[str]:
+    if groups is None:
+        return _dtype_problems(found, where=COMPONENTS_FILE, want=want)
     expected = {}
     for module, sides in groups.items():
         for side, s in sides.items():
@@ -376,8 +383,13 @@ def _component_problems(groups: Mapping[str, dict[str, _Side]], found: _Specs, w
     ) + _dtype_problems(found, where=COMPONENTS_FILE, want=want)
 
 
-def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> tuple[list[str], dict[str, int]]:
-    """Problems of one adapter_meta.json, and its valid ranks."""
+def _meta_problems(
+    meta: Mapping, where: str, groups: Mapping[str, object] | None
+) -> tuple[list[str], dict[str, int]]:
+    """Problems of one adapter_meta.json, and its valid ranks (checked against `groups` unless
+    those are unknown)."""
+    known = groups is not None
+    groups = groups or {}
     problems = [f"{where} lacks the required key {key!r}" for key in _REQUIRED_META_KEYS if key not in meta]
     if "peft_config" in meta:
         peft = meta["peft_config"]
@@ -403,7 +415,8 @@ def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> t
     ]
     if isinstance(meta.get("ranks"), dict):
         problems += [f"{where}: no rank for module {m!r}" for m in groups if m not in ranks]
-        problems += [f"{where}: rank given for {m!r}, which is not a group of {CONFIG_FILE}" for m in ranks if m not in groups]
+        if known:
+            problems += [f"{where}: rank given for {m!r}, which is not a group of {CONFIG_FILE}" for m in ranks if m not in groups]
     scales = meta.get("scales")
     if isinstance(scales, dict):
         for m in groups:
@@ -427,7 +440,7 @@ def _meta_problems(meta: Mapping, where: str, groups: Mapping[str, object]) -> t
 
 def _adapter_problems(
     name: str,
-    groups: Mapping[str, dict[str, _Side]],
+    groups: Mapping[str, dict[str, _Side]] | None,
     meta: Mapping | None,
     loadings: _Specs | None,
     heads: _Specs | None,
@@ -437,6 +450,9 @@ def _adapter_problems(
     if meta is None:
         return []
     problems, ranks = _meta_problems(meta, f"{ADAPTERS_DIR}/{name}/{META_FILE}", groups)
+    where = f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}"
+    if groups is None:
+        return problems + (_dtype_problems(loadings, where=where, want=want) if loadings else [])
     if heads:
         factor_keys = {f"{m}.{side}.weight" for m in groups for side in _SIDES}
         problems += [
@@ -453,7 +469,6 @@ def _adapter_problems(
         for side, s in sides.items()
     }
     malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides or m not in ranks}
-    where = f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}"
     return (
         problems
         + _shape_problems(expected, loadings, where=where, malformed=malformed, suffixes=("",))
