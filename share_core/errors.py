@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointExistsError",
     "UnknownAdapterError",
+    "WriteError",
 ]
 
 
@@ -69,4 +70,13 @@ class UnknownAdapterError(ShareError, KeyError):
     """An adapter name that the checkpoint does not hold."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class WriteError(ShareError, OSError):
+    """An output that cannot be written: disk full, permission denied, read-only file system, a file where
+    a folder is needed, a name too long. The message names the path and the fix; the original
+    :class:`OSError` is chained, and its ``errno`` and ``filename`` are copied."""
+
+    def __str__(self) -> str:  # OSError would print "[Errno N] strerror: filename" instead
         return str(self.args[0]) if self.args else ""

@@ -22,7 +22,7 @@ from share_hf.adapters import (
     check_compatible,
     open_adapter,
 )
-from share_hf._io import WriteError
+from share_core.errors import WriteError
 from share_hf.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,

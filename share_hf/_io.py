@@ -32,18 +32,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save, save_file
 
-from share_core.errors import CheckpointExistsError, ShareError
+from share_core.errors import CheckpointExistsError, ShareError, WriteError
 
 logger = logging.getLogger("lorashare")
 
-
-class WriteError(ShareError, OSError):
-    """An output that cannot be written: disk full, permission denied, read-only file system, a
-    file where a folder is needed, a name too long. The message names the path and the fix; the
-    original :class:`OSError` is chained, and its ``errno`` and ``filename`` are copied."""
-
-    def __str__(self) -> str:  # OSError would print "[Errno N] strerror: filename" instead
-        return str(self.args[0]) if self.args else ""
 
 #: Metadata PEFT (and transformers) write into every safetensors file.
 SAFETENSORS_METADATA = {"format": "pt"}

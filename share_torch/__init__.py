@@ -20,6 +20,7 @@ from share_core.errors import (
     ShareError,
     UnknownAdapterError,
     UnsupportedAdapterError,
+    WriteError,
 )
 
 from .model import SHAREModel
@@ -36,5 +37,6 @@ __all__ = [
     "InvalidArgumentError",
     "UnknownAdapterError",
     "UnsupportedAdapterError",
+    "WriteError",
     "__version__",
 ]

@@ -138,6 +138,41 @@ def _common_flags(default) -> argparse.ArgumentParser:
     return common
 
 
+def _updated(args: argparse.Namespace, share, message: str) -> int:
+    """Write an updated checkpoint: in place (atomic swap) unless -o names another folder."""
+    if args.output is None and not Path(args.checkpoint).is_dir():
+        raise InvalidArgumentError(f"{args.checkpoint} is not a local checkpoint folder to update in place; "
+                                   f"pass -o OUT to write the updated checkpoint to a folder")
+    out = Path(args.output) if args.output else Path(args.checkpoint)
+    in_place = out.resolve() == Path(args.checkpoint).resolve()
+    if not in_place:
+        _check_output(out, overwrite=args.overwrite, kind="checkpoint")
+    share.save_pretrained(out, overwrite=in_place or args.overwrite)
+    stats = share.stats()
+    print(f"{message}; {out} now holds {stats['num_adapters']} adapters in {stats['bytes']['checkpoint']:,} bytes "
+          f"({stats['bytes']['ratio']:.2f}x smaller than their files)")
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    from .model import SHAREModel
+
+    share = SHAREModel.from_pretrained(args.checkpoint)
+    name = share.add_adapter(args.adapter, name=args.name, update_basis=not args.project_only,
+                             show_progress=False if args.quiet else None, allow_pickle=args.allow_pickle)
+    error = share.reconstruction_error(name)["overall"]
+    how = "projected on the existing basis" if args.project_only else "basis updated"
+    return _updated(args, share, f"added {name} ({how}, dW relative error {error:.3e})")
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from .model import SHAREModel
+
+    share = SHAREModel.from_pretrained(args.checkpoint)
+    share.remove_adapter(args.name, show_progress=False if args.quiet else None)
+    return _updated(args, share, f"removed {args.name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_flags(argparse.SUPPRESS)
 
@@ -164,10 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64"],
                    help="storage dtype of basis and loadings (default: the adapters' own)")
     p.add_argument("--layer-by-layer", action="store_true",
-                   help="accepted for compatibility: compression always reads one layer group at a time")
+                   help="stream one layer group of all adapters at a time from the memory-mapped files "
+                        "(peak memory: one group plus the output); same result")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="accepted for compatibility; exact chunked compression is NOT implemented yet: "
-                        "all adapters are processed together (a warning says so)")
+                   help="fit each group's basis N adapters at a time, merging chunks exactly; same result")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --output")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read adapter_model.bin (pickle) where an adapter has no safetensors file, through "
@@ -179,6 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder or Hub id")
     p.add_argument("--json", action="store_true", help="machine-readable JSON instead of the table")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("add", parents=[common], help="fold one more adapter into a checkpoint",
+                       description="Add an adapter to a checkpoint using the checkpoint alone (the other adapters' "
+                                   "files are not needed). Updates CHECKPOINT in place, atomically, unless -o.")
+    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("adapter", metavar="ADAPTER", help="PEFT LoRA adapter folder or Hub id")
+    p.add_argument("--name", default=None, help="its name (default: the folder's basename)")
+    p.add_argument("--project-only", action="store_true",
+                   help="keep the basis and only project the new adapter on it (default: exact basis update)")
+    p.add_argument("-o", "--output", default=None, help="write the result here instead of updating CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="with -o: replace an existing checkpoint there")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read adapter_model.bin through torch.load(weights_only=True) if there is no safetensors file")
+    p.set_defaults(func=_cmd_add)
+
+    p = sub.add_parser("remove", parents=[common], help="drop an adapter from a checkpoint and shrink it",
+                       description="Remove an adapter; the bases shrink to what the others use and their "
+                                   "reconstructions do not change. Updates CHECKPOINT in place, atomically, unless -o.")
+    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("name", help="the adapter to remove")
+    p.add_argument("-o", "--output", default=None, help="write the result here instead of updating CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="with -o: replace an existing checkpoint there")
+    p.set_defaults(func=_cmd_remove)
 
     p = sub.add_parser("reconstruct", parents=[common], help="write standard PEFT adapters from a checkpoint",
                        description="Write standard PEFT LoRA folders (adapter_config.json + adapter_model.safetensors).")

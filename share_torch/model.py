@@ -77,15 +77,18 @@ def _resolve_dtype(dtype: str | torch.dtype | None, sources: Sequence[AdapterSou
 
 
 def _check_options(num_components: int | str, variance_threshold: float) -> tuple[int | None, float | None]:
-    """Return (k, threshold) for share_core.compress_side, or raise a clear error."""
+    """Return (k, threshold) for the basis selection, or raise a clear error.
+
+    The threshold is validated even with a fixed k, so a bad value is never silently ignored.
+    """
+    if isinstance(variance_threshold, bool) or not isinstance(variance_threshold, (int, float)) or not (
+        0.0 < float(variance_threshold) <= 1.0
+    ):
+        raise InvalidArgumentError(
+            f"variance_threshold must be a number in (0, 1]; found {variance_threshold!r}; e.g. 0.95 keeps 95% "
+            f"of the energy of each group (used with num_components='auto')"
+        )
     if num_components == "auto":
-        if isinstance(variance_threshold, bool) or not isinstance(variance_threshold, (int, float)) or not (
-            0.0 < float(variance_threshold) <= 1.0
-        ):
-            raise InvalidArgumentError(
-                f"variance_threshold must be a number in (0, 1] when num_components='auto'; found "
-                f"{variance_threshold!r}; e.g. 0.95 keeps 95% of the energy of each group"
-            )
         return None, float(variance_threshold)
     if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components <= 0:
         raise InvalidArgumentError(

@@ -115,3 +115,26 @@ def test_usage_errors_exit_2_and_debug_shows_traceback(adapters, tmp_path):
     debug = run("--debug", "info", str(tmp_path / "nothing"))
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert run("--version").stdout.startswith("lorashare ")
+
+
+def test_add_and_remove_update_a_checkpoint(adapters, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert run("compress", *map(str, adapters[:2]), "-o", str(ckpt), "-k", "64").returncode == 0
+    added = run("add", str(ckpt), str(adapters[2]), "-q")
+    assert added.returncode == 0, added.stderr
+    assert "added gamma (basis updated" in added.stdout and "holds 3 adapters" in added.stdout
+    assert json.loads((ckpt / "share_config.json").read_text())["adapters"] == ["alpha", "beta", "gamma"]
+    out = tmp_path / "restored_gamma"
+    assert run("reconstruct", str(ckpt), "--adapter", "gamma", "-o", str(out)).returncode == 0
+    torch.testing.assert_close(logits_of(out), logits_of(adapters[2]), rtol=1e-4, atol=1e-5)
+
+    twice = run("add", str(ckpt), str(adapters[2]))
+    assert twice.returncode == 1 and "already holds" in twice.stderr
+
+    elsewhere = tmp_path / "smaller"
+    removed = run("remove", str(ckpt), "alpha", "-o", str(elsewhere))
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads((elsewhere / "share_config.json").read_text())["adapters"] == ["beta", "gamma"]
+    assert json.loads((ckpt / "share_config.json").read_text())["adapters"] == ["alpha", "beta", "gamma"]
+    gone = run("remove", str(ckpt), "nobody")
+    assert gone.returncode == 1 and "nobody" in gone.stderr
