@@ -24,7 +24,7 @@ from share_hf.checkpoint import Checkpoint
 
 import share_core as core
 
-from ._compress import SIDES, columns, dw_abs_and_norm, restore, store
+from ._compress import dw_abs_and_norm
 
 
 def copy_checkpoint(ckpt: Checkpoint) -> Checkpoint:
@@ -78,4 +78,4 @@ def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> fl
     return dw_abs_and_norm(before["lora_A"].mT, before["lora_B"], after["lora_A"].mT, after["lora_B"])[0]
 
 
-__all__ = ["added_side", "removed_side", "drift", "copy_checkpoint", "columns"]
+__all__ = ["added_side", "removed_side", "drift", "copy_checkpoint"]

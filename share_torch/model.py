@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import tempfile
@@ -32,8 +31,8 @@ from share_hf.checkpoint import (
     write_peft_adapter,
 )
 
-from ._compress import SIDES, Reader, compress_module, dw_abs_and_norm, fold, pooled, ratio, restore, store
-from ._update import added_side, columns, copy_checkpoint, drift, removed_side
+from ._compress import SIDES, Reader, columns, compress_module, dw_abs_and_norm, fold, pooled, ratio, restore, store
+from ._update import added_side, copy_checkpoint, drift, removed_side
 from ._progress import progress
 from ._summary import build_summary, format_summary
 from .version import __version__
