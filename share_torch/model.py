@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -411,10 +412,14 @@ class SHAREModel:
             config = PeftConfig.from_peft_type(**self.peft_config(name))
             config.inference_mode = True
             try:
-                if isinstance(model, PeftModel):
-                    model.add_adapter(name, config)
-                else:
-                    model = get_peft_model(model, config, adapter_name=name)
+                with warnings.catch_warnings():
+                    # PeftModel.from_pretrained attaches to any base path silently; get_peft_model warns that
+                    # base_model_name_or_path was "renamed" when the model came from another folder.
+                    warnings.filterwarnings("ignore", message="The PEFT config's `base_model_name_or_path`")
+                    if isinstance(model, PeftModel):
+                        model.add_adapter(name, config)
+                    else:
+                        model = get_peft_model(model, config, adapter_name=name)
             except (ValueError, KeyError) as exc:
                 raise ShareError(
                     f"could not attach adapter {name!r} to {type(base_model).__name__}: {exc}; the adapter was "
