@@ -175,15 +175,18 @@ def write_adapter(folder: Path, shape: Shape, tensors: dict) -> int:
 
 def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, subspace: int = 12,
              noise: float = 0.15, b_ratio: float = 30.0, start: int = 0, layers: int | None = None,
-             quiet: bool = False) -> dict:
+             hidden: int | None = None, quiet: bool = False) -> dict:
     """Write adapters ``adapter_{start:04d}`` .. into `out`; returns a summary (bytes, seconds).
 
     `layers` keeps only the first that many layers of the shape; their tensors are the same as in the full
-    set (modules are drawn in layer order from each adapter's own generator).
+    set (modules are drawn in layer order from each adapter's own generator). `hidden` replaces the hidden
+    size (a proxy set: same modules, ranks and so the same number and size of loadings, smaller factors).
     """
     shape = SHAPES[shape_name]
     if layers is not None:
         shape = dataclasses.replace(shape, layers=layers)
+    if hidden is not None:
+        shape = dataclasses.replace(shape, hidden=hidden)
     # One thread: the work is thousands of small ops, for which torch's OpenMP threads cost more than they
     # bring on a busy 2-core machine (measured: 0.17 s per Llama-shaped adapter with 1 thread, 0.85 s with 2).
     torch.set_num_threads(1)
@@ -200,7 +203,7 @@ def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, 
             print(f"  {i - start + 1}/{n} adapters, {total / 1e9:.2f} GB, {el:.1f} s", file=sys.stderr)
     seconds = time.perf_counter() - t0
     summary = {"shape": shape_name, "n": n, "start": start, "seed": seed, "subspace": subspace, "noise": noise,
-               "b_ratio": b_ratio, "layers": shape.layers, "bytes": total, "seconds": seconds, "folder": str(out)}
+               "b_ratio": b_ratio, "layers": shape.layers, "hidden": shape.hidden, "bytes": total, "seconds": seconds, "folder": str(out)}
     (out / "generated.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -220,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b-ratio", type=float, default=30.0, help="||A||_F / ||B||_F")
     p.add_argument("--start", type=int, default=0, help="index of the first adapter (to extend a set)")
     p.add_argument("--layers", type=int, default=None, help="keep only the first LAYERS layers (a subset)")
+    p.add_argument("--hidden", type=int, default=None, help="replace the hidden size (a small proxy set)")
     p.add_argument("--check", action="store_true", help="open every folder with share_hf.open_adapter afterwards")
     args = p.parse_args(argv)
     s = generate(args.shape, args.n, args.out, seed=args.seed, subspace=args.subspace, noise=args.noise,
-                 b_ratio=args.b_ratio, start=args.start, layers=args.layers)
+                 b_ratio=args.b_ratio, start=args.start, layers=args.layers, hidden=args.hidden)
     print(json.dumps(s))
     if args.check:
         from share_hf import open_adapter
