@@ -10,7 +10,8 @@ from share_hf.checkpoint import Checkpoint
 _PREFIX = "base_model.model."
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
+    """Sort 'layer.2' before 'layer.10'."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
@@ -34,7 +35,7 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
     config = ckpt.config
     names = [n for n in config["adapters"] if n in ckpt.metas]
     groups = []
-    for module in sorted(config["groups"], key=_natural_key):
+    for module in sorted(config["groups"], key=natural_key):
         g = config["groups"][module]
         groups.append({
             "module": module,

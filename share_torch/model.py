@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,16 +34,11 @@ from share_hf.checkpoint import (
 from ._compress import SIDES, Reader, columns, compress_module, dw_abs_and_norm, fold, pooled, ratio, restore, store
 from ._update import added_side, copy_checkpoint, drift, removed_side
 from ._progress import progress
-from ._summary import build_summary, format_summary
+from ._summary import build_summary, format_summary, natural_key
 from .version import __version__
 
 logger = logging.getLogger("lorashare")
 
-
-
-def _natural_key(name: str) -> list:
-    """Sort 'layer.2' before 'layer.10'."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -205,7 +199,7 @@ class SHAREModel:
         logger.info("compressing %d adapters on %s (k=%s, storage %s)", len(sources), dev,
                     num_components, str(store_dtype).removeprefix("torch."))
 
-        modules = sorted(sources[0].modules, key=_natural_key)
+        modules = sorted(sources[0].modules, key=natural_key)
         read = Reader.for_sources(
             sources, modules, layer_by_layer=layer_by_layer, device=dev, dtype=compute_dtype,
             wrap=lambda items: progress(items, desc="loading factors", total=len(sources), enabled=show_progress))
@@ -305,7 +299,7 @@ class SHAREModel:
     @property
     def modules(self) -> list[str]:
         """The LoRA modules (groups) compressed, in natural layer order."""
-        return sorted(self._ckpt.config["groups"], key=_natural_key)
+        return sorted(self._ckpt.config["groups"], key=natural_key)
 
     def num_components(self, module: str, side: str = "lora_B") -> int:
         """Components kept for one group, e.g. `num_components(module, "lora_A")`."""
@@ -343,15 +337,9 @@ class SHAREModel:
 
     def _factors(self, name: str, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstructed (A, B) of one module in the adapter's own parametrization (scale unfolded)."""
-        meta = self._meta(name)
-        compute = torch.float64 if self._ckpt.config["options"].get("dtype") == "float64" else torch.float32
-        parts = {}
-        for side in SIDES:
-            basis = self._ckpt.components[f"{module}.{side}.basis"].to(self.device, compute)
-            mean = self._ckpt.components.get(f"{module}.{side}.mean")
-            load = self._ckpt.loadings[name][f"{module}.{side}"].to(self.device, compute)
-            parts[side] = core.reconstruct(load, basis, mean=None if mean is None else mean.to(self.device, compute))
-        b, a = core.fold_scale(parts["lora_B"], parts["lora_A"].mT, scale=1.0 / float(meta["scales"][module]))
+        rebuilt = self._rebuilt(self._ckpt, name, module)
+        scale = float(self._meta(name)["scales"][module])
+        b, a = core.fold_scale(rebuilt["lora_B"], rebuilt["lora_A"].mT, scale=1.0 / scale)
         return a, b
 
     def reconstruct_state_dict(self, name: str) -> dict[str, torch.Tensor]:
@@ -359,7 +347,7 @@ class SHAREModel:
         meta = self._meta(name)
         dtype = getattr(torch, meta["dtype"])
         tensors: dict[str, torch.Tensor] = {}
-        for module in sorted(meta["ranks"], key=_natural_key):
+        for module in sorted(meta["ranks"], key=natural_key):
             a, b = self._factors(name, module)
             tensors[f"{module}.lora_A.weight"] = a.to("cpu", dtype).contiguous()
             tensors[f"{module}.lora_B.weight"] = b.to("cpu", dtype).contiguous()
@@ -453,17 +441,17 @@ class SHAREModel:
                     "measured": "at compression", "per_module": per}
         src = open_adapter(original_path, name=name)
         per, pairs = {}, []
-        for module in sorted(meta["ranks"], key=_natural_key):
+        for module in sorted(meta["ranks"], key=natural_key):
             if module not in src.modules:
                 raise ShareError(f"the original adapter at {original_path} has no LoRA module {module!r}; "
                                  f"is it the adapter that was compressed as {name!r}?")
-            a, b = (t.to(self.device, torch.float32) for t in src.load_factors(module))
+            compute, _ = self._dtypes()
+            a, b = (t.to(self.device, compute) for t in src.load_factors(module))
             a_hat, b_hat = self._factors(name, module)
-            s = src.modules[module].scale
-            abs_err, rel = core.dw_error(b, a, b_hat, a_hat, scale=s, scale_hat=float(meta["scales"][module]))
-            norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]), scale=s)
-            pairs.append((float(abs_err), float(norm)))
-            per[module] = {"dw": float(rel),
+            err, norm = dw_abs_and_norm(*fold(a, b, src.modules[module].scale, self.device, compute),
+                                        *fold(a_hat, b_hat, float(meta["scales"][module]), self.device, compute))
+            pairs.append((err, norm))
+            per[module] = {"dw": ratio(err, norm),
                            "lora_A": float(core.relative_error(a, a_hat)),
                            "lora_B": float(core.relative_error(b, b_hat))}
         return {"adapter": name, "overall": pooled(pairs), "measured": "against original", "per_module": per}
