@@ -62,6 +62,18 @@ TOOLS = {
 }
 
 
+def code_version() -> str:
+    """The commit lorashare ran from, and whether its packages had uncommitted changes then."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "share_core", "share_hf",
+                                "share_torch"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return head + (" with uncommitted changes in share_*" if dirty else "")
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -257,6 +269,7 @@ def render(report: dict) -> str:
            f"({report['original_bytes']} bytes in {sc['n']} folders; generated in "
            f"{report['generation'].get('seconds', float('nan')):.1f} s by benchmarks/synthetic.py). "
            f"Load average (1, 5, 15 min) before the run: {report['load_before']}; after: {report['load_after']}."
+           + (f" lorashare at {report['lorashare_code']}." if report.get("lorashare_code") else "")
            + (f" Tool processes ran with {' '.join(f'{k}={v}' for k, v in report['env'].items())}." if report.get("env") else ""),
            ""]
     if report.get("rows"):
@@ -407,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"name": args.scenario + variant, "scenario": sc, "variant": {"layers": args.layers, "hidden": args.hidden}, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{os.cpu_count()} CPU cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
               "adapters_folder": str(data), "generation": generation, "load_before": load_average(),
-              "env": dict(EXTRA_ENV),
+              "env": dict(EXTRA_ENV), "lorashare_code": code_version(),
               "original_bytes": sum(folder_bytes(a) for a in adapters), "rows": []}
 
     if not args.no_floor and not memory_only:
