@@ -6,7 +6,10 @@ instantiated). Two shapes:
 
 - ``roberta-base``: 12 layers, d = 768, ``query`` / ``value``, r = 8, lora_alpha = 16, float32, keys
   ``base_model.model.roberta.encoder.layer.{i}.attention.self.{query,value}.lora_{A,B}.weight``
-  1,187,570 bytes an adapter (task_type SEQ_CLS; no classifier head is written, so that every tool is compared on LoRA factors only).
+  1,187,565 bytes an adapter. No classifier head is written, so that every tool is compared on LoRA factors
+  only; task_type is therefore null (PEFT's SEQ_CLS adapters always carry the head, and PEFT refuses to load
+  one without it), and ``PeftModel.from_pretrained`` loads the folder onto a RobertaForSequenceClassification
+  (``--check-peft`` does that on a small random model with the same dimensions).
 - ``llama-7b``: 32 layers, hidden 4096, ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``, r = 16,
   lora_alpha = 32, bfloat16, keys ``base_model.model.model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight``
   (task_type CAUSAL_LM). One adapter is 33,590,172 bytes (safetensors + config); 1000 of them 33.6 GB.
@@ -53,7 +56,7 @@ from safetensors.torch import save_file
 class Shape:
     name: str
     base_model: str
-    task_type: str
+    task_type: str | None
     layers: int
     hidden: int
     modules: tuple[str, ...]
@@ -65,7 +68,7 @@ class Shape:
 
 SHAPES = {
     "roberta-base": Shape(
-        "roberta-base", "FacebookAI/roberta-base", "SEQ_CLS", 12, 768, ("query", "value"),
+        "roberta-base", "FacebookAI/roberta-base", None, 12, 768, ("query", "value"),
         "base_model.model.roberta.encoder.layer.{layer}.attention.self.{module}", 8, 16, torch.float32),
     "llama-7b": Shape(
         "llama-7b", "meta-llama/Llama-2-7b-hf", "CAUSAL_LM", 32, 4096, ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=None, help="keep only the first LAYERS layers (a subset)")
     p.add_argument("--hidden", type=int, default=None, help="replace the hidden size (a small proxy set)")
     p.add_argument("--check", action="store_true", help="open every folder with share_hf.open_adapter afterwards")
+    p.add_argument("--check-peft", action="store_true",
+                   help="roberta-base only: load the first adapter with PEFT onto a small random "
+                        "RobertaForSequenceClassification of the same dimensions and compare every tensor")
     args = p.parse_args(argv)
     s = generate(args.shape, args.n, args.out, seed=args.seed, subspace=args.subspace, noise=args.noise,
                  b_ratio=args.b_ratio, start=args.start, layers=args.layers, hidden=args.hidden)
@@ -235,7 +241,29 @@ def main(argv: list[str] | None = None) -> int:
             src = open_adapter(folder)
             assert len(src.modules) == len(SHAPES[args.shape].modules) * s["layers"], folder
         print(f"share_hf.open_adapter opened all {len(adapter_folders(args.out))} folders", file=sys.stderr)
+    if args.check_peft:
+        check_with_peft(adapter_folders(args.out)[0], SHAPES[args.shape])
     return 0
+
+
+def check_with_peft(folder: Path, shape: Shape) -> None:
+    """Load one roberta-base-shaped adapter with PEFT and check that every tensor arrives unchanged."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    if shape.name != "roberta-base":
+        raise SystemExit("--check-peft is only for roberta-base shapes (a Llama-7B-sized model is not cheap)")
+    config = RobertaConfig(vocab_size=64, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                           num_attention_heads=12, intermediate_size=64, max_position_embeddings=40, num_labels=2)
+    model = PeftModel.from_pretrained(RobertaForSequenceClassification(config), str(folder))
+    params = dict(model.named_parameters())
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    bad = [k for k, v in tensors.items()
+           if not torch.equal(params[k.replace(".weight", ".default.weight")].detach(), v)]
+    if bad:
+        raise SystemExit(f"PEFT loaded {folder} with {len(bad)} tensors changed, e.g. {bad[0]}")
+    print(f"PEFT loaded {folder.name}: all {len(tensors)} tensors equal", file=sys.stderr)
 
 
 if __name__ == "__main__":
