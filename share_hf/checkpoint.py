@@ -1,13 +1,14 @@
 """The lorashare checkpoint on disk, and plain PEFT adapter folders written from tensors.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 is read too)::
 
     checkpoint/
       share_config.json              # format version, method, adapters, k per group, stats
       shared_components.safetensors  # "<module>.lora_A.basis" (d_in, k), "<module>.lora_B.basis"
                                      # (d_out, k), "<module>.lora_{A,B}.mean" when centered
       adapters/<name>/
-        loadings.safetensors         # "<module>.lora_A" (k_A, r), "<module>.lora_B" (k_B, r)
+        loadings.safetensors         # "<module>.lora_A" (k_A, r), "<module>.lora_B" (k_B, r); or, for a
+                                     # group with per_adapter "core", "<module>.core" (k_B, k_A)
         classifier_head.safetensors  # carried tensors (heads, ...), only when there are any
         adapter_meta.json            # original PEFT config, source, dtype, ranks, scales, bytes
 
@@ -66,7 +67,7 @@ __all__ = [
     "write_peft_adapter",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-group 'per_adapter' (k_B x k_A cores), factor_form 'balanced'
 
 CONFIG_FILE = "share_config.json"
 COMPONENTS_FILE = "shared_components.safetensors"
@@ -118,6 +119,7 @@ class _Side:
     k: int
     centered: bool
     d: int
+    form: str = "loadings"  # the group's per-adapter storage: "loadings" or "core"
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -160,13 +162,14 @@ def _format_version_problems(config: Mapping) -> list[str]:
     return []
 
 
+
 def _raise_if_newer(config: Mapping, where: str) -> None:
     """A newer format raises at once: nothing else in it can be trusted to mean the same."""
     version = config.get("format_version")
     if _is_int(version, 1) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where} uses checkpoint format {version}, written by a newer lorashare; this version "
-            f"reads format {FORMAT_VERSION} only. Fix: upgrade lorashare (pip install -U lorashare)."
+            f"reads formats 1 to {FORMAT_VERSION}. Fix: upgrade lorashare (pip install -U lorashare)."
         )
 
 
@@ -195,6 +198,10 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
         for dim in ("d_in", "d_out")
         if not _is_int(group.get(dim), 1)
     ]
+    form = group.get("per_adapter", "loadings")
+    if form not in ("loadings", "core"):
+        problems.append(f"{where}: per_adapter must be 'loadings' or 'core', found {form!r}")
+        form = None
     sides = {}
     for side, dim in _SIDES.items():
         spec = group.get(side)
@@ -222,8 +229,11 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
             problems.append(
                 f"{where}: {side}.stacked_columns must be an integer >= 0, found {spec['stacked_columns']!r}"
             )
-        if not bad and _is_int(group.get(dim), 1):
-            sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim])
+        if not bad and _is_int(group.get(dim), 1) and form is not None:
+            sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim], form=form)
+    if form == "core" and any(s.centered for s in sides.values()):
+        problems.append(f"{where}: per_adapter 'core' cannot have a centered side (cores need uncentered bases)")
+        sides = {}
     return sides, problems
 
 
@@ -247,11 +257,15 @@ def _options_problems(options: object) -> list[str]:
         )
     if "center" in options and not isinstance(options["center"], bool):
         problems.append(f"{where}.center must be true or false, found {options['center']!r}")
-    if options.get("factor_form", "scaled") != "scaled":
-        problems.append(
-            f"{where}.factor_form must be 'scaled' (the only form this version reconstructs), "
-            f"found {options['factor_form']!r}"
-        )
+    if options.get("factor_form", "scaled") not in ("scaled", "balanced"):
+        problems.append(f"{where}.factor_form must be 'scaled' or 'balanced', found {options['factor_form']!r}")
+    if options.get("per_adapter", "loadings") not in ("loadings", "core", "auto"):
+        problems.append(f"{where}.per_adapter must be 'loadings', 'core' or 'auto', found {options['per_adapter']!r}")
+    if "refine_steps" in options and not _is_int(options["refine_steps"], 0):
+        problems.append(f"{where}.refine_steps must be an integer >= 0, found {options['refine_steps']!r}")
+    for key in ("target_ratio", "max_error"):
+        if options.get(key) is not None and not (_is_number(options[key]) and options[key] > 0):
+            problems.append(f"{where}.{key} must be a positive number or null, found {options[key]!r}")
     return problems
 
 
@@ -462,12 +476,14 @@ def _adapter_problems(
         ]
     if loadings is None:
         return problems
-    expected = {
-        f"{module}.{side}": (s.k, ranks[module])
-        for module, sides in groups.items()
-        if module in ranks
-        for side, s in sides.items()
-    }
+    expected = {}
+    for module, sides in groups.items():
+        if module not in ranks:
+            continue
+        if len(sides) == len(_SIDES) and sides["lora_B"].form == "core":
+            expected[f"{module}.core"] = (sides["lora_B"].k, sides["lora_A"].k)
+        else:
+            expected.update({f"{module}.{side}": (s.k, ranks[module]) for side, s in sides.items()})
     malformed = {(m, side) for m, sides in groups.items() for side in _SIDES if side not in sides or m not in ranks}
     return (
         problems
@@ -731,9 +747,9 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
     if not isinstance(ckpt.config, dict):
         return [f"config must be a dict, found {type(ckpt.config).__name__}"]
     problems, _, names, groups = _check_config(ckpt.config)
-    if ckpt.config.get("format_version") != FORMAT_VERSION:
-        found = ckpt.config.get("format_version")
-        problems.append(f"{CONFIG_FILE}: format_version must be {FORMAT_VERSION}, found {found!r}")
+    found = ckpt.config.get("format_version")
+    if not (_is_int(found, 1) and found <= FORMAT_VERSION):
+        problems.append(f"{CONFIG_FILE}: format_version must be 1 to {FORMAT_VERSION}, found {found!r}")
     want = _storage_code(ckpt.config)
     components = _tensor_specs(ckpt.components, COMPONENTS_FILE, problems)
     if components is not None:

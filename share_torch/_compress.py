@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import share_core as core
+from share_core._core_form import factor_core
 from share_hf.adapters import AdapterSource
 
 SIDES = ("lora_A", "lora_B")
@@ -31,9 +32,23 @@ def columns(folded: Sequence[Folded], side: str) -> list[torch.Tensor]:
     return [a.mT if side == "lora_A" else b for a, b in folded]
 
 
-def fold(a: torch.Tensor, b: torch.Tensor, scale: float, device: torch.device, dtype: torch.dtype) -> Folded:
-    """Move one module's factors to the compute device and dtype once, and fold the scale in."""
-    b, a = core.fold_scale(b.to(device, dtype), a.to(device, dtype), scale=scale)
+FACTOR_FORMS = ("scaled", "balanced")
+PER_ADAPTER_FORMS = ("loadings", "core", "auto")
+
+
+def fold(a: torch.Tensor, b: torch.Tensor, scale: float, device: torch.device, dtype: torch.dtype,
+         factor_form: str = "scaled") -> Folded:
+    """Move one module's factors to the compute device and dtype once, and fold the scale in.
+
+    ``"scaled"`` keeps PEFT's own B/A split (sqrt(scale) on each side); ``"balanced"`` re-factors
+    ``scale * B A`` as ``(U S^1/2, S^1/2 V^T)`` with r-sized work, so the stacked columns no longer
+    depend on the arbitrary split between B and A.
+    """
+    a, b = a.to(device, dtype), b.to(device, dtype)
+    if factor_form == "balanced":
+        b, a = core.balance(b, a, scale=scale)
+    else:
+        b, a = core.fold_scale(b, a, scale=scale)
     return a, b
 
 
@@ -44,22 +59,24 @@ class Reader:
     device: torch.device
     dtype: torch.dtype
     preloaded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None
+    factor_form: str = "scaled"
 
     @classmethod
     def for_sources(cls, sources: Sequence[AdapterSource], modules: Sequence[str], *, layer_by_layer: bool,
-                    device: torch.device, dtype: torch.dtype, wrap: Callable = iter) -> Reader:
+                    device: torch.device, dtype: torch.dtype, wrap: Callable = iter,
+                    factor_form: str = "scaled") -> Reader:
         if layer_by_layer:
-            return cls(device, dtype)
+            return cls(device, dtype, None, factor_form)
         preloaded = {}
         for src in wrap(sources):  # one pass over each adapter file
             for module in modules:
                 preloaded[(src.name, module)] = src.load_factors(module)
-        return cls(device, dtype, preloaded)
+        return cls(device, dtype, preloaded, factor_form)
 
     def __call__(self, src: AdapterSource, module: str) -> Folded:
         key = (src.name, module)
         a, b = self.preloaded[key] if self.preloaded is not None else src.load_factors(module)
-        return fold(a, b, src.modules[module].scale, self.device, self.dtype)
+        return fold(a, b, src.modules[module].scale, self.device, self.dtype, self.factor_form)
 
 
 def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
@@ -70,7 +87,7 @@ def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
 
 @dataclass
 class SideFit:
-    basis: torch.Tensor          # (d, k) in compute dtype
+    basis: torch.Tensor          # (d, q) in compute dtype: every component up to the rank (or k)
     mean: torch.Tensor | None    # (d,)
     energies: torch.Tensor       # (rank,) squared singular values of the (centered) stack
     columns: int                 # stacked columns
@@ -94,21 +111,31 @@ def _merge(state: tuple | None, part: tuple) -> tuple:
     return core.merge_bases(u1, s1, u2, s2, mean1=m1, n1=n1, mean2=m2, n2=n2)
 
 
-def fit_sides(parts: Iterator[Sequence[Folded]], *, k: int | None, threshold: float | None,
-              center: bool) -> dict[str, SideFit]:
-    """Fit both sides' bases of one module over chunks of folded factors (exact merge between chunks)."""
+def _fit_stack(blocks: Iterator[list[torch.Tensor]], *, center: bool) -> SideFit:
+    """Basis of column blocks arriving in chunks (exact merge of each chunk's thin SVD)."""
+    state = None
+    for cols in blocks:
+        x = core.stack(cols)
+        u, energies, mean = core.basis(x, center=center)
+        state = _merge(state, (u, torch.sqrt(energies), mean, int(x.shape[1])))
+    u, s, mean, n = state
+    return SideFit(u, mean, s * s, n)
+
+
+def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool) -> dict[str, SideFit]:
+    """Both sides' full bases (every component up to the rank) of one module over chunks of folded factors."""
     states: dict[str, tuple | None] = {side: None for side in SIDES}
     for folded in parts:
         for side in SIDES:
             x = core.stack(columns(folded, side))
             u, energies, mean = core.basis(x, center=center)
             states[side] = _merge(states[side], (u, torch.sqrt(energies), mean, int(x.shape[1])))
-    fits = {}
-    for side, (u, s, mean, n) in states.items():
-        energies = s * s
-        kk = core.select_k(energies, k=k, variance_threshold=threshold)
-        fits[side] = SideFit(u[:, :kk], mean, energies, n)
-    return fits
+    return {side: SideFit(u, mean, s * s, n) for side, (u, s, mean, n) in states.items()}
+
+
+def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) -> dict[str, int]:
+    """Components kept per side by the plain rule: k (capped at the rank) or the variance threshold."""
+    return {side: core.select_k(fit.energies, k=k, variance_threshold=threshold) for side, fit in fits.items()}
 
 
 def store(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -121,6 +148,12 @@ def restore(load: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor | None, 
                             mean=None if mean is None else mean.to(device, dtype))
 
 
+def core_loadings(core_matrix: torch.Tensor, rank: int, device, dtype) -> dict[str, torch.Tensor]:
+    """Per-side loadings (k_B, r), (k_A, r) of a stored (k_B, k_A) core, factored back to rank r."""
+    lb, la = factor_core(core_matrix.to(device, dtype), rank=rank)
+    return {"lora_B": lb, "lora_A": la}
+
+
 def dw_abs_and_norm(a: torch.Tensor, b: torch.Tensor, a_hat: torch.Tensor, b_hat: torch.Tensor) -> tuple[float, float]:
     """(||B A - B^ A^||_F, ||B A||_F) of folded factors, from r-sized QR products."""
     err, _ = core.dw_error(b, a, b_hat, a_hat)
@@ -128,49 +161,120 @@ def dw_abs_and_norm(a: torch.Tensor, b: torch.Tensor, a_hat: torch.Tensor, b_hat
     return float(err), float(norm)
 
 
-def compress_module(module: str, sources: Sequence[AdapterSource], read: Reader, *, k: int | None,
-                    threshold: float | None, center: bool, chunk_size: int | None,
-                    store_dtype: torch.dtype) -> ModuleResult:
-    """Basis, loadings and dW errors of one module for all adapters."""
-    first: list[Sequence[Folded]] = []
+def project_pair(a: torch.Tensor, b: torch.Tensor, bases: dict[str, torch.Tensor],
+                 means: dict[str, torch.Tensor | None]) -> Folded:
+    """(A^, B^) of one adapter on the given bases, unrounded: ``B^ = U U^T B``, ``A^T = V V^T A^T`` (+ means)."""
+    rebuilt = {}
+    for side in SIDES:
+        x = columns([(a, b)], side)[0]
+        rebuilt[side] = core.reconstruct(core.project(x, bases[side], mean=means[side]), bases[side],
+                                         mean=means[side])
+    return rebuilt["lora_A"].mT, rebuilt["lora_B"]
 
-    def parts() -> Iterator[Sequence[Folded]]:
-        for chunk in chunks(sources, chunk_size):
-            folded = [read(src, module) for src in chunk]
-            if len(first) == 0 and len(chunk) == len(sources):
-                first.append(folded)  # a single chunk: keep it for the projection pass, no second read
-            yield folded
 
-    fits = fit_sides(parts(), k=k, threshold=threshold, center=center)
+def form_for(per_adapter: str, kb: int, ka: int, ranks: Sequence[int], centered: bool) -> str:
+    """The per-adapter storage of one group: "core" ((k_B, k_A) per adapter) or "loadings" (r (k_B + k_A))."""
+    if centered or per_adapter == "loadings":
+        return "loadings"
+    if per_adapter == "core":
+        return "core"
+    return "core" if len(ranks) * kb * ka < sum(ranks) * (kb + ka) else "loadings"
+
+
+class Folds:
+    """The folded factors of one module, chunk by chunk: kept in memory when there is one chunk, else re-read."""
+
+    def __init__(self, module: str, sources: Sequence[AdapterSource], read: Reader, chunk_size: int | None):
+        self.module, self.sources, self.read, self.chunk_size = module, sources, read, chunk_size
+        self._kept: list[Folded] | None = None
+
+    def __iter__(self) -> Iterator[tuple[Sequence[AdapterSource], list[Folded]]]:
+        if self._kept is not None:
+            yield self.sources, self._kept
+            return
+        for chunk in chunks(self.sources, self.chunk_size):
+            folded = [self.read(src, self.module) for src in chunk]
+            if len(chunk) == len(self.sources):
+                self._kept = folded
+            yield chunk, folded
+
+    def parts(self) -> Iterator[list[Folded]]:
+        return (folded for _, folded in self)
+
+
+def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alternating refinement of (U, V) lowering sum_i ||dW_i - U U^T dW_i V V^T||_F^2 (never raising it).
+
+    Given V, the best U of its width spans the top left singular vectors of ``[dW_1 V | ... | dW_N V]``
+    (columns ``B_i (A_i V)``); given U, likewise V from ``[dW_i^T U]``. Each half-step solves its
+    subproblem exactly, so the total error cannot increase.
+
+    Where the refined data have fewer directions than k, k shrinks (the missing directions would only
+    ever get zero loadings).
+    """
+    for _ in range(steps):
+        if u.shape[1] and v.shape[1]:
+            u = _fit_stack(([b @ (a @ v) for a, b in folded] for folded in folds.parts()),
+                           center=False).basis[:, :u.shape[1]]
+            v = _fit_stack(([a.mT @ (b.mT @ u) for a, b in folded] for folded in folds.parts()),
+                           center=False).basis[:, :v.shape[1]]
+    return u, v
+
+
+def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, fits: dict[str, SideFit],
+                  kk: dict[str, int], *, per_adapter: str, refine_steps: int, store_dtype: torch.dtype) -> ModuleResult:
+    """Truncate (and optionally refine) one module's bases, project every adapter, store, measure dW errors."""
     out = ModuleResult(loadings={s.name: {} for s in sources})
     info = sources[0].modules[module]
-    out.group = {"d_in": info.d_in, "d_out": info.d_out}
+    centered = fits["lora_A"].mean is not None
+    form = form_for(per_adapter, kk["lora_B"], kk["lora_A"], [s.modules[module].rank for s in sources], centered)
+    bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
+    if refine_steps and not centered:
+        bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps)
+    out.group = {"d_in": info.d_in, "d_out": info.d_out, "per_adapter": form}
     stored = {}
-    for side, fit in fits.items():
-        basis_s, mean_s = store(fit.basis, store_dtype), store(fit.mean, store_dtype)
+    for side in SIDES:
+        fit = fits[side]
+        basis_s, mean_s = store(bases[side], store_dtype), store(fit.mean, store_dtype)
         out.components[f"{module}.{side}.basis"] = basis_s
         if mean_s is not None:
             out.components[f"{module}.{side}.mean"] = mean_s
-        stored[side] = (fit, basis_s, mean_s)
-        kk = int(fit.basis.shape[1])
-        out.group[side] = {"k": kk, "centered": fit.mean is not None, "rank": int(fit.energies.shape[0]),
-                           "stacked_columns": fit.columns,
-                           "explained_variance": core.explained_variance(fit.energies, kk)}
-
-    again = iter(first) if first else (
-        [read(src, module) for src in chunk] for chunk in chunks(sources, chunk_size))
-    done = 0
-    for folded in again:
-        for (a, b), src in zip(folded, sources[done:done + len(folded)]):
-            rebuilt = {}
-            for side, (fit, basis_s, mean_s) in stored.items():
+        stored[side] = (basis_s, mean_s)
+        out.group[side] = {"k": int(bases[side].shape[1]), "centered": centered, "rank": int(fit.energies.shape[0]),
+                           "stacked_columns": fit.columns}
+    captured = {side: 0.0 for side in SIDES}
+    for chunk, folded in folds:
+        for (a, b), src in zip(folded, chunk):
+            loads = {}
+            for side in SIDES:
                 x = columns([(a, b)], side)[0]
-                load = store(core.project(x, fit.basis, mean=fit.mean), store_dtype)
-                out.loadings[src.name][f"{module}.{side}"] = load
-                rebuilt[side] = restore(load, basis_s, mean_s, a.device, a.dtype)
+                loads[side] = core.project(x, bases[side], mean=fits[side].mean)
+                captured[side] += float(torch.sum(loads[side] * loads[side]))
+            if form == "core":
+                c = store(loads["lora_B"] @ loads["lora_A"].mT, store_dtype)
+                out.loadings[src.name][f"{module}.core"] = c
+                kept = core_loadings(c, src.modules[module].rank, a.device, a.dtype)
+            else:
+                kept = {}
+                for side in SIDES:
+                    out.loadings[src.name][f"{module}.{side}"] = store(loads[side], store_dtype)
+                    kept[side] = out.loadings[src.name][f"{module}.{side}"]
+            rebuilt = {side: restore(kept[side], *stored[side], a.device, a.dtype) for side in SIDES}
             out.errors[src.name] = dw_abs_and_norm(a, b, rebuilt["lora_A"].mT, rebuilt["lora_B"])
-        done += len(folded)
+    for side in SIDES:
+        total = float(torch.sum(fits[side].energies))
+        out.group[side]["explained_variance"] = min(1.0, captured[side] / total) if total > 0 else 1.0
     return out
+
+
+def compress_module(module: str, sources: Sequence[AdapterSource], read: Reader, *, k: int | None,
+                    threshold: float | None, center: bool, chunk_size: int | None,
+                    store_dtype: torch.dtype, per_adapter: str = "loadings", refine_steps: int = 0) -> ModuleResult:
+    """Basis, per-adapter parts and dW errors of one module for all adapters, k chosen by the plain rule."""
+    folds = Folds(module, sources, read, chunk_size)
+    fits = fit_sides(folds.parts(), center=center)
+    return finish_module(module, sources, folds, fits, select(fits, k=k, threshold=threshold),
+                         per_adapter=per_adapter, refine_steps=refine_steps, store_dtype=store_dtype)
 
 
 def ratio(abs_err: float, norm: float) -> float:

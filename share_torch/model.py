@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -31,7 +32,24 @@ from share_hf.checkpoint import (
     write_peft_adapter,
 )
 
-from ._compress import SIDES, Reader, columns, compress_module, dw_abs_and_norm, fold, pooled, ratio, restore, store
+from share_hf._io import safetensors_nbytes
+
+from ._build import Plan, compress_all
+from ._build import leave_one_out as leave_one_out_errors
+from ._compress import (
+    FACTOR_FORMS,
+    PER_ADAPTER_FORMS,
+    SIDES,
+    Reader,
+    columns,
+    core_loadings,
+    dw_abs_and_norm,
+    fold,
+    pooled,
+    ratio,
+    restore,
+    store,
+)
 from ._update import added_side, copy_checkpoint, drift, removed_side
 from ._progress import progress
 from ._summary import build_summary, format_summary, natural_key
@@ -90,6 +108,88 @@ def _check_options(num_components: int | str, variance_threshold: float) -> tupl
             f"e.g. num_components=32 (CLI: -k 32) or num_components='auto' (CLI: -k auto)"
         )
     return num_components, None
+
+
+def _check_quality_options(*, center: bool, factor_form: str, per_adapter: str, refine_steps: int,
+                           target_ratio: float | None, max_error: float | None, leave_one_out: bool) -> None:
+    """Validate the options that shape what is stored, with the fix in each message."""
+    if factor_form not in FACTOR_FORMS:
+        raise InvalidArgumentError(f"factor_form must be one of {', '.join(FACTOR_FORMS)}; found {factor_form!r}")
+    if per_adapter not in PER_ADAPTER_FORMS:
+        raise InvalidArgumentError(
+            f"per_adapter must be one of {', '.join(PER_ADAPTER_FORMS)}; found {per_adapter!r}")
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise InvalidArgumentError(f"refine_steps must be an integer >= 0; found {refine_steps!r}; e.g. 2")
+    if not isinstance(leave_one_out, bool):
+        raise InvalidArgumentError(f"leave_one_out must be True or False; found {leave_one_out!r}")
+    if target_ratio is not None and max_error is not None:
+        raise InvalidArgumentError(
+            f"give target_ratio or max_error, not both (found target_ratio={target_ratio!r}, "
+            f"max_error={max_error!r}): one decides the size, the other the error")
+    if target_ratio is not None and (isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float))
+                                     or not math.isfinite(target_ratio) or target_ratio <= 0):
+        raise InvalidArgumentError(
+            f"target_ratio must be a positive number (original bytes / checkpoint bytes, e.g. 10); "
+            f"found {target_ratio!r}")
+    if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, (int, float))
+                                  or not 0 < max_error < 1):
+        raise InvalidArgumentError(
+            f"max_error must be a number in (0, 1): the largest dW relative error allowed per adapter, "
+            f"e.g. 0.05; found {max_error!r}")
+    if center:
+        needs = [what for what, on in (("per_adapter='core'", per_adapter == "core"),
+                                       ("refine_steps", refine_steps > 0),
+                                       ("target_ratio", target_ratio is not None),
+                                       ("max_error", max_error is not None)) if on]
+        if needs:
+            raise InvalidArgumentError(
+                f"{' and '.join(needs)} need(s) uncentered bases, but center=True; fix: drop center=True "
+                f"(CLI: --center), which only helps when the adapters share a common offset")
+
+
+def _assemble(sources: Sequence[AdapterSource], modules: Sequence[str], results: Mapping[str, Any],
+              options: dict[str, Any], *, heads: dict, leave_out: dict[str, float] | None) -> Checkpoint:
+    """The checkpoint of compressed modules: config, components, per-adapter parts and metadata."""
+    components: dict[str, torch.Tensor] = {}
+    loadings: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
+    for module in modules:
+        components.update(results[module].components)
+        for name, loads in results[module].loadings.items():
+            loadings[name].update(loads)
+    errors = {s.name: {m: results[m].errors[s.name] for m in modules} for s in sources}
+    metas = {
+        src.name: {
+            "peft_config": src.config,
+            "source": src.source,
+            "dtype": str(src.dtype).removeprefix("torch."),
+            "ranks": {m: src.modules[m].rank for m in modules},
+            "scales": {m: src.modules[m].scale for m in modules},
+            "original_bytes": src.file_bytes,
+            "dw_error": {m: ratio(*errors[src.name][m]) for m in modules},
+            "dw_norm": {m: errors[src.name][m][1] for m in modules},
+        }
+        for src in sources
+    }
+    stats: dict[str, Any] = {
+        "original_bytes": sum(s.file_bytes for s in sources),
+        "dw_error": {name: pooled(errs.values()) for name, errs in errors.items()},
+    }
+    if leave_out is not None:
+        stats["leave_one_out"] = dict(leave_out)
+        for src in sources:
+            metas[src.name]["leave_one_out"] = leave_out[src.name]
+    config = {
+        "format_version": FORMAT_VERSION,
+        "library": "lorashare",
+        "library_version": __version__,
+        "method": "share",
+        "base_model_name_or_path": sources[0].config.get("base_model_name_or_path"),
+        "adapters": [s.name for s in sources],
+        "options": dict(options),
+        "groups": {m: results[m].group for m in modules},
+        "stats": stats,
+    }
+    return Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas)
 
 
 def _normalize_sources(adapters: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]) -> dict[str, str]:
@@ -153,6 +253,12 @@ class SHAREModel:
         revision: str | None = None,
         token: str | None = None,
         allow_pickle: bool = False,
+        factor_form: str = "scaled",
+        per_adapter: str = "loadings",
+        refine_steps: int = 0,
+        target_ratio: float | None = None,
+        max_error: float | None = None,
+        leave_one_out: bool = False,
     ) -> SHAREModel:
         """Compress PEFT LoRA adapters into one shared basis per (module, side).
 
@@ -174,6 +280,23 @@ class SHAREModel:
             revision, token: Passed to the Hub for Hub ids.
             allow_pickle: Also read adapters saved as `adapter_model.bin` (pickle), and then only through
                 `torch.load(weights_only=True)`. Off by default: only safetensors are read.
+            factor_form: What is stacked: `"scaled"` (each adapter's own B and A with sqrt(scale) folded into
+                each) or `"balanced"` (each adapter re-factored as `B' = U S^1/2`, `A' = S^1/2 V^T` from the SVD
+                of its scaled `B A`, computed with r-sized work), which makes the basis independent of the
+                arbitrary split of dW between B and A. Reconstruction gives the same dW either way.
+            per_adapter: What is stored per adapter and module: `"loadings"` (`U^T B`, `V^T A^T`: r (k_B + k_A)
+                numbers), `"core"` (the k_B x k_A matrix `U^T dW V`: the same dW^ for k_B k_A numbers, fewer
+                whenever k < 2r) or `"auto"` (the cheaper of the two per module). Cores need uncentered bases.
+            refine_steps: Alternating refinement steps of each module's bases towards the lowest total dW
+                error at its k (each step can only lower it); 0 keeps the PCA bases. Needs center=False.
+            target_ratio: Choose (k_B, k_A) per module so that the checkpoint, as written, is at least this
+                many times smaller than the adapter files, spending components where they remove the most
+                dW error per byte. Overrides `num_components`. Needs center=False.
+            max_error: Choose (k_B, k_A) per module, cheapest first, until every adapter's dW relative error
+                is at most this (e.g. 0.05). Overrides `num_components`. Needs center=False.
+            leave_one_out: Also estimate, for each adapter, its dW error on bases fitted without it: how well a
+                new adapter like these would fit by projection (`add_adapter(..., update_basis=False)`). Costs
+                one more fit per adapter and module.
 
         Returns:
             The compressed collection, not yet written: call :meth:`save_pretrained`.
@@ -183,6 +306,9 @@ class SHAREModel:
                 adapter, what was expected, what was found and how to fix it).
         """
         k, threshold = _check_options(num_components, variance_threshold)
+        _check_quality_options(center=center, factor_form=factor_form, per_adapter=per_adapter,
+                               refine_steps=refine_steps, target_ratio=target_ratio, max_error=max_error,
+                               leave_one_out=leave_one_out)
         if chunk_size is not None:
             if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
                 raise InvalidArgumentError(f"chunk_size must be a positive integer or None; found {chunk_size!r}")
@@ -196,69 +322,56 @@ class SHAREModel:
         check_compatible(sources)
         store_dtype = _resolve_dtype(dtype, sources)
         compute_dtype = torch.float64 if store_dtype == torch.float64 else torch.float32
-        logger.info("compressing %d adapters on %s (k=%s, storage %s)", len(sources), dev,
-                    num_components, str(store_dtype).removeprefix("torch."))
+        target = (f"target_ratio={target_ratio:g}" if target_ratio is not None else
+                  f"max_error={max_error:g}" if max_error is not None else f"k={num_components}")
+        logger.info("compressing %d adapters on %s (%s, storage %s)", len(sources), dev, target,
+                    str(store_dtype).removeprefix("torch."))
 
         modules = sorted(sources[0].modules, key=natural_key)
         read = Reader.for_sources(
-            sources, modules, layer_by_layer=layer_by_layer, device=dev, dtype=compute_dtype,
+            sources, modules, layer_by_layer=layer_by_layer, device=dev, dtype=compute_dtype, factor_form=factor_form,
             wrap=lambda items: progress(items, desc="loading factors", total=len(sources), enabled=show_progress))
-        components: dict[str, torch.Tensor] = {}
-        loadings: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sources}
-        groups: dict[str, dict[str, Any]] = {}
-        errors: dict[str, dict[str, tuple[float, float]]] = {s.name: {} for s in sources}
-        for module in progress(modules, desc="compressing layers", enabled=show_progress):
-            result = compress_module(module, sources, read, k=k, threshold=threshold, center=center,
-                                     chunk_size=chunk_size, store_dtype=store_dtype)
-            components.update(result.components)
-            groups[module] = result.group
-            for name, loads in result.loadings.items():
-                loadings[name].update(loads)
-            for name, pair in result.errors.items():
-                errors[name][module] = pair
-        del read  # free the preloaded factors before collecting heads
+        plan = Plan(k=k, threshold=threshold, center=center, chunk_size=chunk_size, store_dtype=store_dtype,
+                    per_adapter=per_adapter, refine_steps=refine_steps, target_ratio=target_ratio,
+                    max_error=max_error)
+        options = {
+            "num_components": num_components,
+            "variance_threshold": threshold,
+            "center": bool(center),
+            "factor_form": factor_form,
+            "per_adapter": per_adapter,
+            "refine_steps": int(refine_steps),
+            "dtype": str(store_dtype).removeprefix("torch."),
+        }
+        if target_ratio is not None:
+            options["target_ratio"] = float(target_ratio)
+        if max_error is not None:
+            options["max_error"] = float(max_error)
+
+        def wrap(items, desc="compressing layers"):
+            return progress(items, desc=desc, enabled=show_progress)
+
+        def measure(results) -> int:
+            draft = _assemble(sources, modules, results, options, heads={}, leave_out=None)
+            return sum(checkpoint_nbytes(draft).values()) + heads_bytes
 
         heads = {}
         for src in sources:
             carried = src.load_carried()
             if carried:
                 heads[src.name] = carried
-        metas = {
-            src.name: {
-                "peft_config": src.config,
-                "source": src.source,
-                "dtype": str(src.dtype).removeprefix("torch."),
-                "ranks": {m: src.modules[m].rank for m in modules},
-                "scales": {m: src.modules[m].scale for m in modules},
-                "original_bytes": src.file_bytes,
-                "dw_error": {m: ratio(*errors[src.name][m]) for m in modules},
-                "dw_norm": {m: errors[src.name][m][1] for m in modules},
-            }
-            for src in sources
-        }
-        overall = {name: pooled(errs.values()) for name, errs in errors.items()}
-        config = {
-            "format_version": FORMAT_VERSION,
-            "library": "lorashare",
-            "library_version": __version__,
-            "method": "share",
-            "base_model_name_or_path": sources[0].config.get("base_model_name_or_path"),
-            "adapters": [s.name for s in sources],
-            "options": {
-                "num_components": num_components,
-                "variance_threshold": threshold,
-                "center": bool(center),
-                "factor_form": "scaled",
-                "dtype": str(store_dtype).removeprefix("torch."),
-            },
-            "groups": groups,
-            "stats": {
-                "original_bytes": sum(s.file_bytes for s in sources),
-                "dw_error": overall,
-            },
-        }
-        ckpt = Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas)
+        heads_bytes = sum(safetensors_nbytes(h) for h in heads.values())
+        built = compress_all(modules, sources, read, plan, wrap=wrap, measure=measure)
+        loo = None
+        if leave_one_out:
+            groups = {m: r.group for m, r in built.results.items()}
+            loo = leave_one_out_errors(modules, sources, read, groups, plan, wrap)
+        del read  # free the preloaded factors
+        if built.allocation:
+            options["allocation"] = built.allocation
+        ckpt = _assemble(sources, modules, built.results, options, heads=heads, leave_out=loo)
         model = cls(ckpt, device=dev)
+        overall = ckpt.config["stats"]["dw_error"]
         logger.info("compressed %d adapters: mean dW relative error %.4g", len(sources),
                     sum(overall.values()) / len(overall))
         return model
@@ -493,7 +606,12 @@ class SHAREModel:
     def _rebuilt(self, ckpt: Checkpoint, name: str, module: str) -> dict[str, torch.Tensor]:
         """Folded-space columns per side of one adapter's module, rebuilt from `ckpt`'s stored tensors."""
         compute, _ = self._dtypes()
-        return {side: restore(ckpt.loadings[name][f"{module}.{side}"], ckpt.components[f"{module}.{side}.basis"],
+        if ckpt.config["groups"][module].get("per_adapter", "loadings") == "core":
+            loads = core_loadings(ckpt.loadings[name][f"{module}.core"], int(ckpt.metas[name]["ranks"][module]),
+                                  self.device, compute)
+        else:
+            loads = {side: ckpt.loadings[name][f"{module}.{side}"] for side in SIDES}
+        return {side: restore(loads[side], ckpt.components[f"{module}.{side}.basis"],
                               ckpt.components.get(f"{module}.{side}.mean"), self.device, compute)
                 for side in SIDES}
 

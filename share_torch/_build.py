@@ -1,0 +1,213 @@
+"""One whole compression: every module's basis and per-adapter parts, with k chosen per module.
+
+`num_components` / `variance_threshold` choose k side by side and module by module (the plain rule).
+`target_ratio` and `max_error` instead allocate (k_B, k_A) across modules from exact gain tables
+(`_allocate`), build the checkpoint, measure it, and correct the allocation when the measured bytes or
+errors miss the target (JSON metadata and storage rounding are only known once built).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from share_core.errors import InvalidArgumentError
+from share_hf.adapters import AdapterSource
+
+from ._allocate import MAX_COMPONENTS, GroupTable, allocate, full_payload, gain_table, smallest_payload
+from ._compress import (
+    SIDES,
+    Folds,
+    ModuleResult,
+    Reader,
+    columns,
+    dw_abs_and_norm,
+    finish_module,
+    fit_sides,
+    pooled,
+    project_pair,
+    refine,
+    select,
+)
+
+logger = logging.getLogger("lorashare")
+
+
+@dataclass
+class Plan:
+    """How to compress: the options of `SHAREModel.from_adapters` that shape the work."""
+
+    k: int | None
+    threshold: float | None
+    center: bool
+    chunk_size: int | None
+    store_dtype: torch.dtype
+    per_adapter: str = "loadings"
+    refine_steps: int = 0
+    target_ratio: float | None = None
+    max_error: float | None = None
+
+
+@dataclass
+class Built:
+    results: dict[str, ModuleResult] = field(default_factory=dict)
+    allocation: dict[str, Any] = field(default_factory=dict)
+
+
+def dw_norm_squared(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||B A||_F^2 from r x r Gram matrices (exact up to rounding; only used as a weight)."""
+    return float(torch.sum((b.mT @ b) * (a @ a.mT)))
+
+
+def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan,
+                    fits_of: Callable[[str, Folds], dict], kk_of: Callable[[str, dict], dict[str, int]],
+                    wrap: Callable) -> dict[str, ModuleResult]:
+    results = {}
+    for module in wrap(modules):
+        folds = Folds(module, sources, read, plan.chunk_size)
+        fits = fits_of(module, folds)
+        results[module] = finish_module(module, sources, folds, fits, kk_of(module, fits),
+                                        per_adapter=plan.per_adapter, refine_steps=plan.refine_steps,
+                                        store_dtype=plan.store_dtype)
+    return results
+
+
+def compress_all(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan, *,
+                 wrap: Callable, measure: Callable[[dict[str, ModuleResult]], int]) -> Built:
+    """Every module compressed; `measure(results)` gives the bytes of the checkpoint they would make."""
+    if plan.target_ratio is None and plan.max_error is None:
+        results = _module_results(modules, sources, read, plan, lambda m, folds: fit_sides(folds.parts(),
+                                  center=plan.center), lambda m, fits: select(fits, k=plan.k, threshold=plan.threshold),
+                                  wrap)
+        return Built(results)
+    return _allocated(modules, sources, read, plan, wrap=wrap, measure=measure)
+
+
+def _tables(modules, sources, read, plan, wrap) -> tuple[dict[str, dict], list[GroupTable]]:
+    """Full bases of every module and their gain tables (two reads of each module's factors)."""
+    norms = {src.name: 0.0 for src in sources}
+    for module in wrap(modules, "measuring adapters"):
+        for chunk, folded in Folds(module, sources, read, plan.chunk_size):
+            for src, (a, b) in zip(chunk, folded):
+                norms[src.name] += dw_norm_squared(a, b)
+    weights = {n: (1.0 / v if v > 0 else 0.0) for n, v in norms.items()}
+    fits_by_module, tables = {}, []
+    for module in wrap(modules, "fitting bases"):
+        folds = Folds(module, sources, read, plan.chunk_size)
+        fits = fit_sides(folds.parts(), center=False)
+        fits_by_module[module] = fits
+        u = fits["lora_B"].basis[:, :MAX_COMPONENTS]
+        v = fits["lora_A"].basis[:, :MAX_COMPONENTS]
+        m = torch.zeros(u.shape[1], v.shape[1], dtype=torch.float64, device=u.device)
+        for chunk, folded in folds:
+            for src, (a, b) in zip(chunk, folded):
+                c = (u.mT @ b) @ (a @ v)
+                m += weights[src.name] * (c.to(torch.float64) ** 2)
+        info = sources[0].modules[module]
+        tables.append(gain_table(module, info.d_out, info.d_in, [s.modules[module].rank for s in sources], m,
+                                 plan.per_adapter))
+    return fits_by_module, tables
+
+
+def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
+    fits_by_module, tables = _tables(modules, sources, read, plan, wrap)
+    itemsize = torch.empty((), dtype=plan.store_dtype).element_size()
+    n = len(sources)
+    original = sum(s.file_bytes for s in sources)
+
+    def build(state: dict[str, tuple[int, int]]) -> dict[str, ModuleResult]:
+        return _module_results(modules, sources, read, plan, lambda m, folds: fits_by_module[m],
+                               lambda m, fits: {"lora_B": state[m][0], "lora_A": state[m][1]},
+                               lambda items: wrap(items, "projecting"))
+
+    if plan.target_ratio is not None:
+        budget_total = int(original / plan.target_ratio)
+        floor, ceiling = smallest_payload(tables, itemsize), full_payload(tables, itemsize)
+        state, _ = allocate(tables, itemsize=itemsize, num_adapters=n, budget=floor)
+        smallest = measure(build(state))  # one component everywhere: measures what JSON and headers cost
+        if smallest > budget_total:
+            raise InvalidArgumentError(
+                f"target_ratio={plan.target_ratio:g} asks for at most {budget_total:,} bytes, but even one "
+                f"component per module and side makes a {smallest:,}-byte checkpoint "
+                f"({original / smallest:.2f}x smaller than the {original:,} bytes of the adapters); "
+                f"fix: ask for target_ratio <= {original / smallest:.2f}, or store in a smaller dtype "
+                f"(dtype='bfloat16')")
+        overhead = smallest - floor
+        for _ in range(4):
+            state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - overhead)
+            results = build(state)
+            written = measure(results)
+            if written <= budget_total:
+                break
+            overhead += (written - budget_total) + 64  # JSON grew with the figures: leave that much more room
+        else:
+            raise InvalidArgumentError(
+                f"could not meet target_ratio={plan.target_ratio:g}: the last try wrote {written:,} bytes "
+                f"against a budget of {budget_total:,}; fix: ask for a slightly smaller target_ratio")
+        if figures["payload"] >= ceiling:
+            logger.info("target_ratio=%g leaves room for every component: the compression is exact", plan.target_ratio)
+        return Built(results, {"target_ratio": plan.target_ratio, "budget_bytes": budget_total,
+                               "predicted_rms_error": figures["predicted_rms_error"]})
+
+    target = plan.max_error
+    for attempt in range(5):
+        state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, max_error=target)
+        results = build(state)
+        worst = max(_adapter_errors(results).values())
+        if worst <= plan.max_error:
+            break
+        at_full = all(state[t.module] == t.q for t in tables)
+        if at_full:
+            logger.warning("max_error=%g is not reachable in %s storage: with every component kept the worst "
+                           "adapter's dW error is %.3g (storage rounding); store in float32 to go lower",
+                           plan.max_error, str(plan.store_dtype).removeprefix("torch."), worst)
+            break
+        target = target * min(0.9, plan.max_error / worst)
+    return Built(results, {"max_error": plan.max_error, "predicted_rms_error": figures["predicted_rms_error"],
+                           "achieved_max_error": worst})
+
+
+def _adapter_errors(results: dict[str, ModuleResult]) -> dict[str, float]:
+    names = next(iter(results.values())).errors.keys()
+    return {name: pooled(r.errors[name] for r in results.values()) for name in names}
+
+
+def leave_one_out(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, groups: dict[str, dict],
+                  plan: Plan, wrap: Callable) -> dict[str, float]:
+    """Each adapter's dW error when projected on bases fitted without it (same k, form and refinement).
+
+    An estimate of how well a new adapter like these would be represented by `add_adapter(...,
+    update_basis=False)`; compare it with the in-set errors to decide between projecting and refitting.
+    """
+    pairs: dict[str, list[tuple[float, float]]] = {s.name: [] for s in sources}
+    for module in wrap(modules, "leave-one-out"):
+        folded = [f for _, part in Folds(module, sources, read, None) for f in part]
+        kk = {side: int(groups[module][side]["k"]) for side in SIDES}
+        for i, src in enumerate(sources):
+            rest = folded[:i] + folded[i + 1:]
+            fits = fit_sides(iter([rest]), center=plan.center)
+            bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
+            if plan.refine_steps and not plan.center:
+                bases["lora_B"], bases["lora_A"] = refine(_Fixed(rest), bases["lora_B"], bases["lora_A"],
+                                                          plan.refine_steps)
+            a, b = folded[i]
+            a_hat, b_hat = project_pair(a, b, bases, {side: fits[side].mean for side in SIDES})
+            pairs[src.name].append(dw_abs_and_norm(a, b, a_hat, b_hat))
+    return {name: pooled(p) for name, p in pairs.items()}
+
+
+class _Fixed:
+    """A `Folds` stand-in over factors already in memory."""
+
+    def __init__(self, folded):
+        self.folded = folded
+
+    def parts(self):
+        return iter([self.folded])
+
+
+__all__ = ["Plan", "Built", "compress_all", "leave_one_out", "columns"]
