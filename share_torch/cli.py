@@ -1,4 +1,4 @@
-"""The ``lorashare`` command: compress, info, reconstruct.
+"""The ``lorashare`` command: compress, info, reconstruct, add, remove, report.
 
 Each subcommand parses its arguments, calls the library and prints. Results go to stdout; logs, progress
 bars and errors go to stderr. Exit codes: 0 success, 1 a known error (one line, no traceback unless
@@ -102,6 +102,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     for name, target in targets.items():
         share.reconstruct(name, output_dir=target, overwrite=args.overwrite)
         print(f"{name} -> {target}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    index = write_report(args.checkpoint, args.output, overwrite=args.overwrite)
+    print(f"wrote report to {index}")
     return 0
 
 
@@ -246,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("report", parents=[common], help="write an HTML report with plots of a checkpoint",
+                       description='Write DIR/index.html and PNG plots: explained variance and k per group, dW error '
+                                   'per adapter and module, bytes before and after. Needs matplotlib '
+                                   '(pip install "lorashare[report]").')
+    p.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    p.add_argument("-o", "--output", required=True, help="report folder to write (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report at --output")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
