@@ -319,9 +319,19 @@ def headline(stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("LoRA modules", f"{stats['num_modules']} ({2 * stats['num_modules']} groups)"),
         ("k per group", k),
         ("dW relative error", f"mean {stats['dw_error_mean']:.3e}, max {stats['dw_error_max']:.3e}"),
+        *_held_out(stats),
         ("bytes", f"original adapter files {_human(b['original'])} ({b['original']:,}) -> checkpoint "
                   f"{_human(b['checkpoint'])} ({b['checkpoint']:,}), {b['ratio']:.2f}x smaller"),
     ]
+
+
+def _held_out(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """The leave-one-out mean, where `stats()` carries the estimate (checkpoints built with it)."""
+    values = [v for v in (stats.get("leave_one_out") or {}).values() if isinstance(v, (int, float))]
+    if not values:
+        return []
+    mean = stats.get("leave_one_out_mean", sum(values) / len(values))
+    return [("leave-one-out dW error", f"mean {mean:.3e} (how well a new adapter like these would fit)")]
 
 
 def _esc(value: object) -> str:
@@ -375,7 +385,7 @@ def _group_rows(data: dict[str, Any]) -> list[list[object]]:
 
 
 _KNOWN_STATS = {"adapters", "num_adapters", "num_modules", "base_model", "options", "k_min", "k_max", "groups",
-                "dw_error", "dw_error_mean", "dw_error_max", "bytes", "leave_one_out"}
+                "dw_error", "dw_error_mean", "dw_error_max", "bytes", "leave_one_out", "leave_one_out_mean"}
 
 _CSS = """
 :root { color-scheme: light; }

@@ -155,6 +155,21 @@ def test_options_and_leave_one_out_when_stats_carry_them(checkpoint, tmp_path, m
     assert options["center"] == "false"
 
 
+def test_leave_one_out_estimate_of_a_real_build(checkpoint, tmp_path):
+    adapters = {name: Path(source) for name, source in
+                ((n, checkpoint[0]._meta(n)["source"]) for n in checkpoint[0].adapter_names)}
+    share = SHAREModel.from_adapters(adapters, num_components=3, leave_one_out=True)
+    stats = share.stats()
+    if "leave_one_out" not in stats:
+        pytest.skip("stats() does not carry the leave-one-out estimate yet")
+    page = write_report(share, tmp_path / "r").read_text(encoding="utf-8")
+    header, *rows = parse(page).tables[0]
+    assert header[-1].startswith("leave-one-out dW error")
+    assert [row[-1] for row in rows] == [f"{stats['leave_one_out'][n]:.3e}" for n in share.adapter_names]
+    mean = sum(stats["leave_one_out"].values()) / len(stats["leave_one_out"])
+    assert f"mean {mean:.3e} (how well a new adapter like these would fit)" in html.unescape(page)
+
+
 def test_no_leave_one_out_column_without_the_figure(checkpoint, tmp_path):
     share, _ = checkpoint
     if "leave_one_out" in share.stats():
