@@ -42,6 +42,7 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
             "d_in": g["d_in"], "d_out": g["d_out"],
             **{f"{key}_{side[-1]}": g[side].get(key) for side in ("lora_A", "lora_B")
                for key in ("k", "rank", "explained_variance")},
+            "per_adapter": g.get("per_adapter", "loadings"),
         })
     by_part: dict[str, int] = {}
     for path, n in file_bytes.items():
@@ -49,6 +50,8 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
     original = sum(int(ckpt.metas[n]["original_bytes"]) for n in names)
     written = sum(file_bytes.values())
     errors = {n: config["stats"]["dw_error"][n] for n in names}
+    held_out = config["stats"].get("leave_one_out")
+    held_out = {n: held_out[n] for n in names if n in held_out} if isinstance(held_out, dict) else None
     ks = [g[f"k_{s}"] for g in groups for s in "AB"]
     return {
         "adapters": names,
@@ -62,6 +65,9 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
         "dw_error": errors,
         "dw_error_mean": sum(errors.values()) / len(errors) if errors else 0.0,
         "dw_error_max": max(errors.values()) if errors else 0.0,
+        **({"leave_one_out": held_out,
+            "leave_one_out_mean": sum(held_out.values()) / len(held_out) if held_out else 0.0} if held_out is not None
+           else {}),
         "bytes": {
             "original": original,
             "checkpoint": written,
@@ -88,6 +94,16 @@ def _ratio(value: float | None) -> str:
     return f"{value:>7.4f}" if value is not None else f"{'n/a':>7}"
 
 
+def _target(opts: dict[str, Any]) -> str:
+    allocation = opts.get("allocation") or {}
+    if opts.get("target_ratio") is not None:
+        return f", k per module chosen for target ratio {opts['target_ratio']:g}"
+    if opts.get("max_error") is not None:
+        return (f", k per module chosen for max dW error {opts['max_error']:g}"
+                + (f" (achieved {allocation['achieved_max_error']:.3g})" if "achieved_max_error" in allocation else ""))
+    return ""
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     """The human table for `summary()` and `lorashare info` (figures from :func:`build_summary`)."""
     opts = stats["options"]
@@ -98,20 +114,30 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"options: num_components={opts.get('num_components')}"
         + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else "")
         + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}",
+        f"factor form: {opts.get('factor_form', 'scaled')}, per adapter: {opts.get('per_adapter', 'loadings')}"
+        + (f", refine steps: {opts['refine_steps']}" if opts.get("refine_steps") else "")
+        + _target(opts),
         "",
     ]
     width = max([len(_short(g["module"])) for g in stats["groups"]] + [6])
     lines.append(f"{'module':<{width}}  {'k(A)':>5} {'k(B)':>5}  {'rank(A)':>7} {'rank(B)':>7}  "
-                 f"{'var(A)':>7} {'var(B)':>7}")
+                 f"{'var(A)':>7} {'var(B)':>7}  stored")
     for g in stats["groups"]:
         lines.append(f"{_short(g['module']):<{width}}  {g['k_A']:>5} {g['k_B']:>5}  {g['rank_A']:>7} "
-                     f"{g['rank_B']:>7}  {_ratio(g['explained_variance_A'])} {_ratio(g['explained_variance_B'])}")
+                     f"{g['rank_B']:>7}  {_ratio(g['explained_variance_A'])} {_ratio(g['explained_variance_B'])}  "
+                     f"{g.get('per_adapter', 'loadings')}")
     lines.append("")
     width = max([len(n) for n in stats["adapters"]] + [7])
-    lines.append(f"{'adapter':<{width}}  dW relative error")
+    held_out = stats.get("leave_one_out")
+    lines.append(f"{'adapter':<{width}}  dW relative error" + ("  leave-one-out" if held_out is not None else ""))
     for name, err in stats["dw_error"].items():
-        lines.append(f"{name:<{width}}  {err:.3e}")
+        lines.append(f"{name:<{width}}  {err:.3e}" + (f"          {held_out[name]:.3e}" if held_out is not None else ""))
     lines.append(f"{'mean':<{width}}  {stats['dw_error_mean']:.3e}   (max {stats['dw_error_max']:.3e})")
+    if held_out is not None:
+        lines.append(f"leave-one-out: a new adapter like these, projected on this basis without refitting, would get a "
+                     f"dW error of about {stats['leave_one_out_mean']:.3e} (in-set mean {stats['dw_error_mean']:.3e}); "
+                     + ("projecting new adapters (lorashare add --project-only) is fine" if stats["leave_one_out_mean"]
+                        <= 1.5 * stats["dw_error_mean"] + 0.02 else "refit (add, the default) for new adapters"))
     lines.append("")
     b = stats["bytes"]
     lines.append(f"bytes: original adapter files {_human(b['original'])} ({b['original']:,}) -> checkpoint "

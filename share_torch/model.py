@@ -541,7 +541,8 @@ class SHAREModel:
 
         Without `original_path`, the dW-level errors measured at compression time (stored in the checkpoint)
         are returned. With the original adapter folder (or Hub id), they are measured afresh, dW-level and per
-        factor (`lora_A`, `lora_B` in the adapter's own parametrization).
+        factor (`lora_A`, `lora_B` in the adapter's own parametrization; only for `factor_form="scaled"`, since
+        a balanced checkpoint gives dW back in another split between B and A by design).
 
         Returns:
             `{"adapter", "overall", "per_module": {module: {"dw": ..., ["lora_A": ..., "lora_B": ...]}}}`
@@ -564,9 +565,11 @@ class SHAREModel:
             err, norm = dw_abs_and_norm(*fold(a, b, src.modules[module].scale, self.device, compute),
                                         *fold(a_hat, b_hat, float(meta["scales"][module]), self.device, compute))
             pairs.append((err, norm))
-            per[module] = {"dw": ratio(err, norm),
-                           "lora_A": float(core.relative_error(a, a_hat)),
-                           "lora_B": float(core.relative_error(b, b_hat))}
+            per[module] = {"dw": ratio(err, norm)}
+            if self._ckpt.config["options"].get("factor_form", "scaled") == "scaled":
+                # balanced checkpoints give dW back in another B/A split by design: only dW is comparable
+                per[module].update({"lora_A": float(core.relative_error(a, a_hat)),
+                                    "lora_B": float(core.relative_error(b, b_hat))})
         return {"adapter": name, "overall": pooled(pairs), "measured": "against original", "per_module": per}
 
     # ------------------------------------------------------------------ incremental updates
@@ -630,6 +633,30 @@ class SHAREModel:
             work.config["stats"]["dw_error"][name] = pooled(
                 (meta["dw_error"][m] * float(meta["dw_norm"][m]), float(meta["dw_norm"][m])) for m in meta["dw_norm"])
 
+    def _unpack_cores(self, work: Checkpoint) -> list[str]:
+        """Turn every core group of `work` into the loadings form (exact: the core's rank-r factors), so the
+        updates below work on one representation; returns the modules to pack again."""
+        compute, _ = self._dtypes()
+        modules = [m for m, g in work.config["groups"].items() if g.get("per_adapter") == "core"]
+        for module in modules:
+            for name in work.loadings:
+                loads = core_loadings(work.loadings[name].pop(f"{module}.core"),
+                                      int(work.metas[name]["ranks"][module]), self.device, compute)
+                for side in SIDES:
+                    work.loadings[name][f"{module}.{side}"] = loads[side]
+            work.config["groups"][module]["per_adapter"] = "loadings"
+        return modules
+
+    def _pack_cores(self, work: Checkpoint, modules: Sequence[str]) -> None:
+        """Store the given modules as k_B x k_A cores again after an update."""
+        compute, store_dtype = self._dtypes()
+        for module in modules:
+            for name in work.loadings:
+                lb = work.loadings[name].pop(f"{module}.lora_B").to(self.device, compute)
+                la = work.loadings[name].pop(f"{module}.lora_A").to(self.device, compute)
+                work.loadings[name][f"{module}.core"] = store(lb @ la.mT, store_dtype)
+            work.config["groups"][module]["per_adapter"] = "core"
+
     def add_adapter(self, path_or_id: str | os.PathLike, name: str | None = None, *, update_basis: bool = True,
                     show_progress: bool | None = None, revision: str | None = None, token: str | None = None,
                     allow_pickle: bool = False) -> str:
@@ -659,14 +686,17 @@ class SHAREModel:
         opts = self._ckpt.config["options"]
         k, threshold = ((None, opts["variance_threshold"]) if opts["num_components"] == "auto"
                         else (int(opts["num_components"]), None))
+        allocated = opts.get("target_ratio") is not None or opts.get("max_error") is not None
         compute, store_dtype = self._dtypes()
         work = copy_checkpoint(self._ckpt)
+        cores = self._unpack_cores(work)
         names = list(self.adapter_names)
         work.loadings[name] = {}
         drifts: dict[str, dict[str, float]] = {n: {} for n in names}
         errors: dict[str, tuple[float, float]] = {}
+        form = opts.get("factor_form", "scaled")
         for module in progress(self.modules, desc=f"adding {name}", enabled=show_progress):
-            a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute)
+            a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute, form)
             before = {n: self._rebuilt(work, n, module) for n in names}
             for side in SIDES:
                 key, group = f"{module}.{side}", work.config["groups"][module][side]
@@ -675,7 +705,8 @@ class SHAREModel:
                 mean = None if mean is None else mean.to(self.device, compute)
                 old = {n: work.loadings[n][key].to(self.device, compute) for n in names}
                 new_basis, new_mean, loads, energies = added_side(
-                    old, basis, mean, columns([(a, b)], side)[0], k=k, threshold=threshold, update=update_basis)
+                    old, basis, mean, columns([(a, b)], side)[0], k=int(group["k"]) if allocated else k,
+                    threshold=None if allocated else threshold, update=update_basis)
                 work.components[f"{key}.basis"] = store(new_basis, store_dtype)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
@@ -689,6 +720,10 @@ class SHAREModel:
                     group["explained_variance"] = core.explained_variance(energies, group["k"])
             for n in names:
                 drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
+        work.metas[name] = {"ranks": {m: src.modules[m].rank for m in self.modules}}  # what _rebuilt needs
+        self._pack_cores(work, cores)
+        for module in self.modules:
+            a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute, form)
             rebuilt = self._rebuilt(work, name, module)
             errors[module] = dw_abs_and_norm(a, b, rebuilt["lora_A"].mT, rebuilt["lora_B"])
         self._rebound_errors(work, names, drifts)
@@ -726,6 +761,7 @@ class SHAREModel:
             raise InvalidArgumentError(f"{name!r} is the only adapter left; a checkpoint needs at least one")
         compute, store_dtype = self._dtypes()
         work = copy_checkpoint(self._ckpt)
+        cores = self._unpack_cores(work)
         removed_meta = work.metas.pop(name)
         drifts: dict[str, dict[str, float]] = {n: {} for n in rest}
         for module in progress(self.modules, desc=f"removing {name}", enabled=show_progress):
@@ -748,6 +784,7 @@ class SHAREModel:
             for n in rest:
                 drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
         work.loadings.pop(name)
+        self._pack_cores(work, cores)
         work.heads.pop(name, None)
         work.config["adapters"].remove(name)
         work.config["stats"]["dw_error"].pop(name)
