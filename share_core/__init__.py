@@ -20,7 +20,7 @@ This package imports only the standard library and ``array_api_compat``.
 from share_core._arguments import InvalidArgumentError
 from share_core._basis import basis
 from share_core._compat import array_namespace
-from share_core._factors import balance, dw_error, fold_scale, relative_error
+from share_core._factors import balance, dw_error, dw_errors, fold_scale, relative_error
 from share_core._linalg import eigh
 from share_core._merge import merge_bases
 from share_core._projection import compress_side, project, reconstruct
@@ -45,6 +45,7 @@ __all__ = [
     "fold_scale",
     "balance",
     "dw_error",
+    "dw_errors",
     "relative_error",
     "InvalidArgumentError",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 from share_core._arguments import check_matrix, check_real
-from share_core._compat import Array, Namespace, array_namespace, as_work, device, work_dtype
+from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
 from share_core._linalg import column_signs, frobenius, qr, svd
 from share_core.errors import ShapeError
 
-__all__ = ["fold_scale", "balance", "dw_error", "relative_error"]
+__all__ = ["fold_scale", "balance", "dw_error", "dw_errors", "relative_error"]
 
 
 def _check_pair(b: Array, a: Array, names: tuple[str, str] = ("b", "a")) -> tuple[int, int, int]:
@@ -176,6 +176,137 @@ def dw_error(
     abs_err = xp.asarray(_product_norm(b_cat, a_cat, xp))  # asarray: NumPy reductions give scalars
     ref = _product_norm(b * s, a, xp)
     return abs_err, xp.asarray(_ratio(abs_err, ref, xp))
+
+
+def _check_stacks(b: Array, a: Array, b_hat: Array, a_hat: Array) -> tuple[int, int, int, int]:
+    """(n, d_out, r, d_in) of stacked pairs and their approximations, or ShapeError."""
+    shapes = [tuple(t.shape) for t in (b, a, b_hat, a_hat)]
+    names = ("b (N, d_out, r)", "a (N, r, d_in)", "b_hat (N, d_out, r_hat)", "a_hat (N, r_hat, d_in)")
+    for name, shape in zip(names, shapes):
+        if len(shape) != 3:
+            raise ShapeError(f"expected {name} as a 3-D stack, found shape {shape}; stack the items first")
+    (n, d_out, r), (n_a, r_a, d_in), (n_bh, d_out_h, r_h), (n_ah, r_ah, d_in_h) = shapes
+    if len({n, n_a, n_bh, n_ah}) != 1 or (r, r_h, d_out, d_in) != (r_a, r_ah, d_out_h, d_in_h):
+        raise ShapeError(
+            f"expected b (N, d_out, r), a (N, r, d_in), b_hat (N, d_out, r_hat), a_hat (N, r_hat, d_in) "
+            f"with one N, d_out, d_in and matching ranks, found shapes {shapes}"
+        )
+    return n, d_out, r, d_in
+
+
+def _stacked_norms(x: Array, xp: Namespace) -> Array:
+    """Frobenius norm of each (p, q) item of a stack x (N, p, q): an array of shape (N,).
+
+    One fused ``vector_norm`` pass; the items whose plain sum of squares may have overflowed
+    or lost digits to underflow (norm not finite, or below ``sqrt(tiny * p * q / eps)``, zero
+    included) are redone scaled by their max |x|, as :func:`frobenius` does (one sync). NumPy
+    warns about the overflow of that first try; the result is still the scaled one.
+    """
+    size = x.shape[1] * x.shape[2]
+    if size == 0:
+        return xp.zeros((x.shape[0],), dtype=x.dtype, device=device(x))
+    norms = xp.linalg.vector_norm(x, axis=(1, 2))
+    info = xp.finfo(x.dtype)
+    unsafe = ~(xp.isfinite(norms) & (norms >= math.sqrt(info.smallest_normal * size / info.eps)))
+    if not bool(xp.any(unsafe)):
+        return norms
+    big = xp.max(xp.abs(x), axis=(1, 2))
+    safe = xp.where(big > 0, big, xp.ones_like(big))
+    scaled = xp.sqrt(xp.sum((x / safe[:, None, None]) ** 2, axis=(1, 2))) * big
+    return xp.where(unsafe, scaled, norms)
+
+
+def _stacked_r(xt: Array, xp: Namespace) -> Array:
+    """R factors (N, min(d, m), m) of the items of a stack given transposed, xt (N, m, d).
+
+    Taking ``xt.mT`` hands each (d, m) item to the QR in column-major layout, which LAPACK
+    backends then factor without a transposing copy.
+    """
+    _, rq = qr(xt.mT, "dw_errors", xp)
+    return rq
+
+
+def dw_errors(
+    b: Array,
+    a: Array,
+    b_hat: Array,
+    a_hat: Array,
+    /,
+    *,
+    scale: float = 1.0,
+    scale_hat: float | None = None,
+    xp: Namespace | None = None,
+) -> tuple[Array, Array]:
+    """:func:`dw_error` of N pairs at once, from one batched QR per pair.
+
+    ``dW - dW^ = [b | b^] D [a; a^]`` with ``D = diag(s, ..., s, -s', ..., -s')``. One reduced
+    QR ``[b | b^] = Q R`` per item (a batched ``xp.linalg.qr``) gives
+    ``||dW - dW^||_F = ||R D [a; a^]||_F``, and, since the first r columns are
+    ``b = Q R[:, :r]`` with R upper triangular, also ``||dW||_F = ||s R[:r, :r] a||_F`` from the
+    same factor (for any r, ``r > d_out`` included: then ``R[:r, :r]`` has all d_out rows). When
+    ``d_in < d_out`` the QR is taken on the ``[a; a^]^T`` side instead. One QR of
+    (r + r_hat) columns per item, against four for each :func:`dw_error` call; both norms are
+    as accurate as the dense products, and no (d_out, d_in) matrix is formed.
+
+    Parameters
+    ----------
+    b : array, shape (N, d_out, r)
+    a : array, shape (N, r, d_in)
+        The reference factors, ``dW_i = scale * b[i] @ a[i]``.
+    b_hat : array, shape (N, d_out, r_hat)
+    a_hat : array, shape (N, r_hat, d_in)
+        The approximations, ``dW^_i = scale_hat * b_hat[i] @ a_hat[i]``; ``r_hat`` may differ
+        from r.
+    scale : float, default 1.0
+    scale_hat : float, optional
+        Defaults to `scale`.
+    xp : namespace, optional
+
+    Returns
+    -------
+    abs_err : array, shape (N,)
+        ``||dW_i - dW^_i||_F``.
+    rel_err : array, shape (N,)
+        ``abs_err[i] / ||dW_i||_F``, with :func:`dw_error`'s rule for zero norms: 0.0 when
+        dW_i and dW^_i are both zero, ``inf`` when only dW_i is. Never raises on zero norms.
+
+    Both are float32 for half-precision input, otherwise the promoted dtype. Item i equals
+    ``dw_error(b[i], a[i], b_hat[i], a_hat[i], scale=scale, scale_hat=scale_hat)`` up to
+    rounding.
+
+    Raises
+    ------
+    ShapeError
+        When the inputs are not 3-D stacks with one N, one (d_out, d_in) and matching ranks.
+    InvalidArgumentError
+        For non-finite scales or non-floating input.
+    BackendError
+        When the namespace has no ``linalg.qr`` or ``linalg.vector_norm``.
+    """
+    xp = array_namespace(b, a, b_hat, a_hat) if xp is None else xp
+    n, d_out, r, d_in = _check_stacks(b, a, b_hat, a_hat)
+    for name in ("qr", "vector_norm"):
+        linalg_function(xp, name, "dw_errors")
+    s = check_real(scale, "scale")
+    s_hat = s if scale_hat is None else check_real(scale_hat, "scale_hat")
+    dtype = work_dtype(xp, b, a, b_hat, a_hat)
+    b, a, b_hat, a_hat = (as_work(t, dtype, xp) for t in (b, a, b_hat, a_hat))
+    if n == 0:
+        empty = xp.zeros((0,), dtype=dtype, device=device(b))
+        return empty, empty
+    signs = xp.concat([xp.full((r,), s, dtype=dtype, device=device(b)),
+                       xp.full((a_hat.shape[1],), -s_hat, dtype=dtype, device=device(b))])
+    if d_out <= d_in:  # QR of [b | b^] (each item stored column by column, as LAPACK wants it)
+        rq = _stacked_r(xp.concat([b.mT, b_hat.mT], axis=1), xp)
+        other, lead = xp.concat([a, a_hat], axis=1), a
+    else:  # QR of [a; a^]^T
+        rq = _stacked_r(xp.concat([a, a_hat], axis=1), xp)
+        other, lead = xp.concat([b.mT, b_hat.mT], axis=1), b.mT
+    diff = (rq * signs[None, None, :]) @ other  # ||diff_i||_F = ||dW_i - dW^_i||_F
+    rows = min(r, rq.shape[1])  # [b | b^] = Q R, so b = Q R[:, :r]; R is upper triangular
+    ref = (rq[:, :rows, :r] * s) @ lead
+    abs_err, norm = _stacked_norms(diff, xp), _stacked_norms(ref, xp)
+    return abs_err, _ratio(abs_err, norm, xp)
 
 
 def relative_error(x: Array, x_hat: Array, /, *, xp: Namespace | None = None) -> Array:
