@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import operator
 
 from share_core._arguments import InvalidArgumentError, check_matrix, check_real
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
-from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr, svd
+from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr
 from share_core._stats import center as center_columns
 
 __all__ = ["basis", "basis_with_route", "METHODS"]
@@ -20,11 +21,22 @@ def _count_above(values: Array, threshold: Array, xp: Namespace) -> int:
     return int(xp.sum(xp.astype(values > threshold, xp.int32)))
 
 
-def _svd_route(x: Array, rtol: float, scale: Array, xp: Namespace) -> tuple[Array, Array]:
-    """Thin SVD of x (d, n): keep singular values > rtol * max(s_max, scale)."""
-    u, s, _ = svd(x, "basis", xp)
+def _svd_route(x: Array, rtol: float, scale: Array, xp: Namespace, keep: int | None = None) -> tuple[Array, Array]:
+    """Thin SVD of x (d, n): keep singular values > rtol * max(s_max, scale).
+
+    Returns u (d, min(q, keep)) and the q energies. The sign rule of :func:`svd` is applied
+    to the returned columns only (``vh`` is not needed here), which saves a pass over the
+    dropped ones.
+    """
+    u, s, _ = linalg_function(xp, "svd", "basis")(x, full_matrices=False)
     q = _count_above(s, rtol * xp.maximum(s[0], scale), xp)
-    return u[:, :q], (s * s)[:q]
+    u = u[:, : _kept(q, keep)]
+    return u * column_signs(u, xp)[None, :], (s * s)[:q]
+
+
+def _kept(q: int, keep: int | None) -> int:
+    """Number of columns to return: all q, or at most `keep`."""
+    return q if keep is None else min(q, keep)
 
 
 def _squaring_dtype(x: Array, accumulate: bool, xp: Namespace):
@@ -62,7 +74,9 @@ def _unit_scaled(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
     return y / c, c
 
 
-def _gram_route(x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True) -> tuple[Array, Array]:
+def _gram_route(
+    x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True, keep: int | None = None
+) -> tuple[Array, Array]:
     """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V).
 
     ``x V / s`` is the textbook formula, but small eigenvalues of x^T x carry an absolute
@@ -72,60 +86,84 @@ def _gram_route(x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: 
     y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
     w, v = eigh(y.mT @ y, xp=xp)
     q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
-    u, _ = qr(y @ v[:, :q], "basis", xp)
+    u, _ = qr(y @ v[:, : _kept(q, keep)], "basis", xp)
     u = as_work(u * column_signs(u, xp)[None, :], x.dtype, xp)
     return u, as_work(w[:q] * (c * c), x.dtype, xp)
 
 
 def _covariance_route(
-    x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True
+    x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True, keep: int | None = None
 ) -> tuple[Array, Array]:
     """Eigenvectors of the (d, d) scatter x x^T."""
     y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
     w, v = eigh(y @ y.mT, xp=xp)
     q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
-    return as_work(v[:, :q], x.dtype, xp), as_work(w[:q] * (c * c), x.dtype, xp)
+    return as_work(v[:, : _kept(q, keep)], x.dtype, xp), as_work(w[:q] * (c * c), x.dtype, xp)
 
 
 _ROUTES = {"svd": _svd_route, "gram": _gram_route, "covariance": _covariance_route}
 
 
-def _auto(x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace) -> tuple[Array, Array, str]:
+def _auto(
+    x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace, keep: int | None = None
+) -> tuple[Array, Array, str]:
     """Cheapest exact route: thin SVD when n < d, the covariance route when n >= d.
 
     The (d, d) scatter is first decomposed in the working precision: when every eigenvalue
     clears the rounding floor, the basis is complete (q = d) and reconstruction is exact
-    whatever the accuracy of single vectors. Otherwise the small end of the spectrum is below
-    what that precision resolves, and the scatter is redone in float64 for float32 data
-    (where the rank rule `rtol`, not rounding, then decides). For float64 data there is no
-    wider type: a rank-deficient result is redone with the thin SVD.
+    whatever the accuracy of single vectors. The same result is kept when the caller needs
+    only the leading `keep` components and it resolves more than `keep` of them: the rank
+    then exceeds `keep`, no exactness is owed, and the leading components are as accurate as
+    the working precision gives them. Otherwise the small end of the spectrum is below what
+    that precision resolves, and the scatter is redone in float64 for float32 data (where the
+    rank rule `rtol`, not rounding, then decides). For float64 data there is no wider type: a
+    rank-deficient result is redone with the thin SVD.
     """
     d, n = x.shape
     if n < d:
-        return (*_svd_route(x, rtol, scale, xp), "svd")
-    u, energies = _covariance_route(x, rtol, scale, xp, accumulate=False)
-    if u.shape[1] == d:
+        return (*_svd_route(x, rtol, scale, xp, keep), "svd")
+    u, energies = _covariance_route(x, rtol, scale, xp, accumulate=False, keep=keep)
+    q = energies.shape[0]
+    if q == d or (keep is not None and q > keep):
         return u, energies, "covariance"
     route = "covariance"
     if _squaring_dtype(x, True, xp) != x.dtype:
-        u, energies = _covariance_route(x, rtol, scale, xp, accumulate=True)
+        u, energies = _covariance_route(x, rtol, scale, xp, accumulate=True, keep=keep)
         route = "covariance (float64)"
     eps = xp.finfo(_squaring_dtype(x, True, xp)).eps
-    if u.shape[1] < max_rank and _floor_binds(rtol, d, eps):
-        return (*_svd_route(x, rtol, scale, xp), "covariance->svd")
+    if energies.shape[0] < max_rank and _floor_binds(rtol, d, eps):
+        return (*_svd_route(x, rtol, scale, xp, keep), "covariance->svd")
     return u, energies, route
 
 
-def _check_options(method: str, rtol: float | None) -> float | None:
-    """Validate `method` and `rtol`; return rtol as a float (or None)."""
+def _check_options(method: str, rtol: float | None, max_components: int | None) -> tuple[float | None, int | None]:
+    """Validate `method`, `rtol` and `max_components`; return rtol as a float (or None) and
+    max_components as an int (or None)."""
     if method not in METHODS:
         raise InvalidArgumentError(f"expected method to be one of {METHODS}, found {method!r}")
+    if max_components is not None:
+        max_components = _check_max_components(max_components)
     if rtol is None:
-        return None
+        return None, max_components
     value = check_real(rtol, "rtol")
     if not 0.0 <= value < 1.0:
         raise InvalidArgumentError(f"expected rtol in [0, 1), found {value}")
-    return value
+    return value, max_components
+
+
+def _check_max_components(value) -> int:
+    """`value` as a Python int >= 1, or InvalidArgumentError saying what to pass."""
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+        if number is not None and number >= 1:
+            return number
+    raise InvalidArgumentError(
+        f"expected max_components to be an int >= 1 or None, found {type(value).__name__} {value!r}; "
+        "pass the number of leading components you will keep (e.g. k), or None for all of them"
+    )
 
 
 def basis(
@@ -135,6 +173,7 @@ def basis(
     center: bool = False,
     method: str = "auto",
     rtol: float | None = None,
+    max_components: int | None = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, Array, Array | None]:
     """Orthonormal basis of the column space of `x`: every component up to its numerical rank.
@@ -162,18 +201,32 @@ def basis(
         residue of order ``eps * sqrt(n) * ||mean||``, which must not count as rank. The Gram
         and covariance routes also drop eigenvalues ``<= size * eps * w_max`` (``size`` of the
         decomposed matrix, ``eps`` of the precision it is decomposed in): rounding noise.
+    max_components : int, optional
+        The caller keeps only the leading ``max_components`` components (``>= 1``): `u` has
+        at most that many columns. With "auto" and ``n >= d`` this also lets the scatter
+        decomposed in the working precision stand (no float64 or SVD redo) when it resolves
+        more than ``max_components`` components: the rank then exceeds them, so no
+        exactness is owed, and the leading ones are as accurate as that precision gives
+        them. When it resolves ``max_components`` or fewer, the rank may equal them and the
+        redo runs as without this option, so reconstruction stays exact whenever
+        ``max_components >= rank``.
     xp : namespace, optional
         Array namespace; inferred from `x` when omitted.
 
     Returns
     -------
-    u : array, shape (d, q)
+    u : array, shape (d, min(q, max_components))
         Orthonormal columns, ``q`` = numerical rank (``0 <= q <= min(d, n)``; ``q = 0`` for
-        all-zero data). The entry of largest magnitude of each column is positive.
+        all-zero data); all q of them when `max_components` is None. The entry of largest
+        magnitude of each column is positive; ``u[:, j]`` belongs to ``energies[j]``.
     energies : array, shape (q,)
-        Squared singular values, descending. From a Gram or covariance route they carry an
-        absolute error of about ``eps * s_max**2`` (relative to the total, negligible for
-        :func:`select_k`).
+        Squared singular values, descending: every component the route resolved, also those
+        beyond `max_components`, so that :func:`explained_variance` and :func:`select_k` see
+        the whole spectrum. From a Gram or covariance route they carry an absolute error of
+        about ``eps * s_max**2`` (relative to the total, negligible for :func:`select_k`).
+        When `max_components` let the working-precision scatter stand (see there), ``q``
+        counts the components above its rounding floor ``d * eps * w_max``; the ones below
+        (at most ``d - q``, each under the floor) are left out of the total.
     mean : array, shape (d,) or None
         The column mean when `center` is true, else ``None``.
 
@@ -185,11 +238,14 @@ def basis(
     ShapeError
         When `x` is not a non-empty 2-D array.
     InvalidArgumentError
-        For an unknown `method`, an `rtol` outside [0, 1), non-floating or non-finite data.
+        For an unknown `method`, an `rtol` outside [0, 1), a `max_components` that is not an
+        int >= 1, non-floating or non-finite data.
     BackendError
         When the namespace has no ``linalg``.
     """
-    u, energies, mean, _ = basis_with_route(x, center=center, method=method, rtol=rtol, xp=xp)
+    u, energies, mean, _ = basis_with_route(
+        x, center=center, method=method, rtol=rtol, max_components=max_components, xp=xp
+    )
     return u, energies, mean
 
 
@@ -200,6 +256,7 @@ def basis_with_route(
     center: bool = False,
     method: str = "auto",
     rtol: float | None = None,
+    max_components: int | None = None,
     accumulate: bool = True,
     xp: Namespace | None = None,
 ) -> tuple[Array, Array, Array | None, str]:
@@ -208,11 +265,11 @@ def basis_with_route(
 
     Private, for the benchmark: it reports the route "auto" took, and ``accumulate=False``
     runs a forced Gram or covariance route in the working precision (float32), to measure
-    what squaring the condition number costs there.
+    what squaring the condition number costs there. `max_components` as in :func:`basis`.
     """
     xp = array_namespace(x) if xp is None else xp
     d, n = check_matrix(x, "x", nonempty=True)
-    rtol = _check_options(method, rtol)
+    rtol, keep = _check_options(method, rtol, max_components)
     for name in _NEEDS[method]:
         linalg_function(xp, name, "basis")
     x = as_work(x, work_dtype(xp, x), xp)
@@ -224,8 +281,8 @@ def basis_with_route(
     if rtol is None:
         rtol = max(d, n) * xp.finfo(x.dtype).eps
     if method == "auto":
-        u, energies, route = _auto(x, rtol, scale, min(d, n - int(bool(center))), xp)
+        u, energies, route = _auto(x, rtol, scale, min(d, n - int(bool(center))), xp, keep)
         return u, energies, mean, route
     if method == "svd":
-        return (*_svd_route(x, rtol, scale, xp), mean, method)
-    return (*_ROUTES[method](x, rtol, scale, xp, accumulate), mean, method)
+        return (*_svd_route(x, rtol, scale, xp, keep), mean, method)
+    return (*_ROUTES[method](x, rtol, scale, xp, accumulate, keep), mean, method)
