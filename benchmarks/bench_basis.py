@@ -16,10 +16,20 @@ Two tables, printed as markdown:
    SVD and for the Gram and covariance routes with their scatter formed in float32 (what
    squaring the condition number costs) and in float64 (what share_core does).
 
+3. (``--speed``) The compression hot spots, old call against new call, interleaved in one
+   run (ratios of medians; absolute times move with the machine's load):
+   ``basis(x)`` against ``basis(x, max_components=32)`` for (d, n) = (768, 800) and
+   (4096, 128) float32, with the forced thin SVD and Gram routes for n < d; and, for one
+   Llama-7B module (N = 8 adapters, d = 4096, r = r_hat = 16), ``dw_error`` twice per adapter
+   (error, then ||dW|| against zero factors, as the compression step called it) against one
+   ``dw_errors`` call on the stacks.
+
 Usage::
 
     python benchmarks/bench_basis.py            # full grid (several minutes on 2 CPU cores)
     python benchmarks/bench_basis.py --quick    # d = 768 only, n <= 1024, best of 1
+    python benchmarks/bench_basis.py --speed    # table 3 only (about a minute unloaded)
+    python benchmarks/bench_basis.py --speed --threads 1 --repeats 21  # steadier on a busy machine
 """
 
 from __future__ import annotations
@@ -127,12 +137,88 @@ def accuracy_table(d: int, ns, kappas) -> None:
                 print(f"| {d} | {n} | {kappa:.0e} | {label} | {u.shape[1]} / {n} | {ortho:.1e} | {err:.1e} |", flush=True)
 
 
+def decaying(d: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(d, n) float32 with singular values 1 .. 1e-4, geometrically spaced (a trained adapter
+    set's spectrum decays; its tail lies below what a float32 scatter resolves)."""
+    m = min(d, n)
+    left, _ = torch.linalg.qr(torch.randn(d, m, generator=gen, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(n, m, generator=gen, dtype=torch.float64))
+    return ((left * torch.logspace(0, -4, m, dtype=torch.float64)) @ right.mT).to(torch.float32)
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median and min wall time of each callable, calls interleaved round by round."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (sorted(t)[len(t) // 2], min(t)) for name, t in times.items()}
+
+
+def _rows(case: str, results: dict, base: str, notes: dict) -> None:
+    for name, (median, best) in results.items():
+        print(f"| {case} | {name} | {median * 1e3:.1f} | {best * 1e3:.1f} | "
+              f"{results[base][0] / median:.2f}x | {notes.get(name, '')} |", flush=True)
+
+
+def speed_table(repeats: int, k: int = 32) -> None:
+    """basis without/with max_components, and dw_error x2 per item against dw_errors."""
+    gen = torch.Generator().manual_seed(2)
+    print(f"| case | call | median (ms) | min (ms) | speedup vs first row (medians) | notes |")
+    print("|---|---|---:|---:|---:|---|")
+    for d, n in ((768, 800), (4096, 128)):
+        x = decaying(d, n, gen)
+        fns = {"basis(x)": lambda: basis_with_route(x),
+               f"basis(x, max_components={k})": lambda: basis_with_route(x, max_components=k)}
+        if n < d:
+            fns["basis(x, method='svd')"] = lambda: basis_with_route(x, method="svd")
+            fns["basis(x, method='gram')"] = lambda: basis_with_route(x, method="gram")
+        notes = {}
+        for name, fn in fns.items():
+            u, energies, _, route = fn()
+            notes[name] = f"route {route}, u {tuple(u.shape)}, {energies.shape[0]} energies"
+        _rows(f"basis d={d} n={n} float32", interleaved(fns, repeats), "basis(x)", notes)
+    n_items, d, r = 8, 4096, 16
+    b = torch.randn(n_items, d, r, generator=gen) * 0.02
+    a = torch.randn(n_items, r, d, generator=gen) * 0.02
+    b_hat = b + 1e-3 * torch.randn(n_items, d, r, generator=gen) * 0.02
+    a_hat = a + 1e-3 * torch.randn(n_items, r, d, generator=gen) * 0.02
+
+    def per_item():  # what share_torch's compression step did: error, then ||dW|| against zeros
+        out = []
+        for i in range(n_items):
+            err, _ = sc.dw_error(b[i], a[i], b_hat[i], a_hat[i])
+            norm, _ = sc.dw_error(b[i], a[i], torch.zeros_like(b[i][:, :1]), torch.zeros_like(a[i][:1, :]))
+            out.append((float(err), float(norm)))
+        return out
+
+    def batched():
+        err, rel = sc.dw_errors(b, a, b_hat, a_hat)
+        return list(zip(err.tolist(), rel.tolist()))
+
+    old, new = per_item(), batched()
+    worst = max(abs(e_new / (e_old / norm) - 1) for (e_old, norm), (_, e_new) in zip(old, new))
+    fns = {"dw_error x2 per item": per_item, "dw_errors batched": batched}
+    notes = {"dw_errors batched": f"max rel. difference of rel_err vs dw_error {worst:.1e}"}
+    _rows(f"dW error N={n_items} d={d} r=r_hat={r} float32", interleaved(fns, repeats), "dw_error x2 per item", notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="d = 768 only, n <= 1024, best of 1")
+    parser.add_argument("--speed", action="store_true", help="only the old-vs-new call table (table 3)")
+    parser.add_argument("--repeats", type=int, default=11, help="rounds of the --speed table (default 11)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU")
+    if args.speed:
+        speed_table(args.repeats)
+        return
     print("t_share: share_core.basis(x) (auto route); t_dxd_eigh: x @ x.T + torch.linalg.eigh;")
     print("sin angle: between the top-8 vectors of the two (the rank-8 signal); rank kept: share's q.\n")
     if args.quick:
