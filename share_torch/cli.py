@@ -62,6 +62,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         show_progress=False if args.quiet else None,
         allow_pickle=args.allow_pickle,
+        factor_form=args.factor_form,
+        per_adapter=args.per_adapter,
+        refine_steps=args.refine_steps,
+        target_ratio=args.target_ratio,
+        max_error=args.max_error,
+        leave_one_out=args.leave_one_out,
     )
     share.save_pretrained(out, overwrite=args.overwrite)
     share.summary()
@@ -211,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(peak memory: one group plus the output); same result")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="fit each group's basis N adapters at a time, merging chunks exactly; same result")
+    p.add_argument("--factor-form", default="scaled", choices=["scaled", "balanced"],
+                   help="stack each adapter's own B/A ('scaled', default) or re-factor each dW as U S^1/2, "
+                        "S^1/2 V^T first ('balanced': the basis no longer depends on the B/A split)")
+    p.add_argument("--per-adapter", default="loadings", choices=["loadings", "core", "auto"],
+                   help="store per adapter and module r (k_B + k_A) loadings (default), the k_B x k_A core "
+                        "U^T dW V (same dW, fewer numbers when k < 2r), or the cheaper of the two per module")
+    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                   help="alternating refinement steps of each module's bases towards the lowest dW error (default 0)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-ratio", type=float, default=None, metavar="R",
+                        help="choose k per module and side so the checkpoint is at least R times smaller than the "
+                             "adapter files, spending components where they remove the most dW error (overrides -k)")
+    target.add_argument("--max-error", type=float, default=None, metavar="E",
+                        help="choose k per module and side, cheapest first, until every adapter's dW relative "
+                             "error is at most E, e.g. 0.05 (overrides -k)")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="also estimate each adapter's dW error on bases fitted without it: how well a new "
+                        "adapter like these would fit by projection (one more fit per adapter and module)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --output")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read adapter_model.bin (pickle) where an adapter has no safetensors file, through "

@@ -348,11 +348,22 @@ class SHAREModel:
         if max_error is not None:
             options["max_error"] = float(max_error)
 
+        longest = -1.2345678901234567e-100  # a float as long as JSON prints them, for figures known only later
+        if target_ratio is not None:
+            options["allocation"] = {"target_ratio": float(target_ratio),
+                                     "budget_bytes": int(sum(s.file_bytes for s in sources) / target_ratio),
+                                     "predicted_rms_error": longest}
+        elif max_error is not None:
+            options["allocation"] = {"max_error": float(max_error), "predicted_rms_error": longest,
+                                     "achieved_max_error": longest}
+
         def wrap(items, desc="compressing layers"):
             return progress(items, desc=desc, enabled=show_progress)
 
         def measure(results) -> int:
-            draft = _assemble(sources, modules, results, options, heads={}, leave_out=None)
+            # the leave-one-out figures come later; count them at the longest a JSON float can print
+            placeholder = {s.name: longest for s in sources} if leave_one_out else None
+            draft = _assemble(sources, modules, results, options, heads={}, leave_out=placeholder)
             return sum(checkpoint_nbytes(draft).values()) + heads_bytes
 
         heads = {}

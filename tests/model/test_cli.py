@@ -73,6 +73,10 @@ def test_names_auto_k_and_quiet(adapters, tmp_path):
     (["-k", "auto", "--variance", "1.5"], "variance_threshold"),
     (["--names", "only_one"], "--names gives 1 names for 3 adapters"),
     (["--device", "cuda:0"], "CUDA"),
+    (["--target-ratio", "1000"], "target_ratio=1000 asks for at most"),
+    (["--max-error", "2"], "max_error must be a number in (0, 1)"),
+    (["--refine-steps", "-1"], "refine_steps must be an integer >= 0"),
+    (["--center", "--per-adapter", "core"], "need(s) uncentered bases"),
 ])
 def test_bad_compress_options_exit_1_with_one_line(adapters, tmp_path, args, message):
     if "cuda:0" in args and torch.cuda.is_available():
@@ -84,6 +88,27 @@ def test_bad_compress_options_exit_1_with_one_line(adapters, tmp_path, args, mes
     assert lines[-1].startswith("lorashare: error:") and message in lines[-1]
     assert "Traceback" not in done.stderr
     assert not ckpt.exists()
+
+
+def test_quality_options_from_the_shell(adapters, tmp_path):
+    """--target-ratio, --factor-form, --per-adapter, --refine-steps and --leave-one-out reach the checkpoint."""
+    ckpt = tmp_path / "ckpt"
+    done = run("compress", *map(str, adapters), "-o", str(ckpt), "--target-ratio", "1.5", "--factor-form",
+               "balanced", "--per-adapter", "auto", "--refine-steps", "1", "--leave-one-out")
+    assert done.returncode == 0, done.stderr
+    assert "leave-one-out" in done.stdout and "target ratio 1.5" in done.stdout
+    config = json.loads((ckpt / "share_config.json").read_text())
+    assert config["options"] | {"target_ratio": 1.5, "factor_form": "balanced", "per_adapter": "auto",
+                                "refine_steps": 1} == config["options"]
+    written = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+    assert written <= config["stats"]["original_bytes"] / 1.5
+    assert set(config["stats"]["leave_one_out"]) == {"alpha", "beta", "gamma"}
+    out = tmp_path / "restored"
+    assert run("reconstruct", str(ckpt), "--all", "-o", str(out)).returncode == 0
+    for src in adapters:  # PEFT loads each one onto the base model
+        assert logits_of(out / src.name).shape == logits_of(src).shape
+    both = run("compress", *map(str, adapters), "-o", str(tmp_path / "x"), "--target-ratio", "2", "--max-error", "0.1")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_existing_output_is_not_clobbered(adapters, tmp_path):
