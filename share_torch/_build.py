@@ -80,9 +80,12 @@ def compress_all(modules: Sequence[str], sources: Sequence[AdapterSource], read:
                  wrap: Callable, measure: Callable[[dict[str, ModuleResult]], int]) -> Built:
     """Every module compressed; `measure(results)` gives the bytes of the checkpoint they would make."""
     if plan.target_ratio is None and plan.max_error is None:
-        results = _module_results(modules, sources, read, plan, lambda m, folds: fit_sides(folds.parts(),
-                                  center=plan.center), lambda m, fits: select(fits, k=plan.k, threshold=plan.threshold),
-                                  wrap)
+        one_chunk = plan.chunk_size is None or plan.chunk_size >= len(sources)
+        leading = plan.k if one_chunk else None  # only the leading k are kept: no exactness owed beyond them
+        results = _module_results(
+            modules, sources, read, plan,
+            lambda m, folds: fit_sides(folds.parts(), center=plan.center, max_components=leading),
+            lambda m, fits: select(fits, k=plan.k, threshold=plan.threshold), wrap)
         return Built(results)
     return _allocated(modules, sources, read, plan, wrap=wrap, measure=measure)
 

@@ -122,13 +122,15 @@ def _fit_stack(blocks: Iterator[list[torch.Tensor]], *, center: bool) -> SideFit
     return SideFit(u, mean, s * s, n)
 
 
-def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool) -> dict[str, SideFit]:
-    """Both sides' full bases (every component up to the rank) of one module over chunks of folded factors."""
+def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool,
+              max_components: int | None = None) -> dict[str, SideFit]:
+    """Both sides' bases of one module over chunks of folded factors: every component up to the rank, or
+    only the leading `max_components` (one chunk only: merging chunks needs their whole spectra)."""
     states: dict[str, tuple | None] = {side: None for side in SIDES}
     for folded in parts:
         for side in SIDES:
             x = core.stack(columns(folded, side))
-            u, energies, mean = core.basis(x, center=center)
+            u, energies, mean = core.basis(x, center=center, max_components=max_components)
             states[side] = _merge(states[side], (u, torch.sqrt(energies), mean, int(x.shape[1])))
     return {side: SideFit(u, mean, s * s, n) for side, (u, s, mean, n) in states.items()}
 
@@ -170,6 +172,29 @@ def project_pair(a: torch.Tensor, b: torch.Tensor, bases: dict[str, torch.Tensor
         rebuilt[side] = core.reconstruct(core.project(x, bases[side], mean=means[side]), bases[side],
                                          mean=means[side])
     return rebuilt["lora_A"].mT, rebuilt["lora_B"]
+
+
+def _stacked(pairs: Sequence[Folded]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, r, d_in) and (N, d_out, r) stacks of folded pairs, zero-padded to the largest rank (the
+    products, and so the errors, are unchanged by zero columns of B and zero rows of A)."""
+    r = max(int(a.shape[0]) for a, _ in pairs)
+    a_stack = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, r - a.shape[0])) for a, _ in pairs])
+    b_stack = torch.stack([torch.nn.functional.pad(b, (0, r - b.shape[1])) for _, b in pairs])
+    return a_stack, b_stack
+
+
+def batched_dw_errors(pairs: Sequence[Folded], approx: Sequence[Folded]) -> list[tuple[float, float]]:
+    """(||dW - dW^||_F, ||dW||_F) of many folded pairs of one module at once (`share_core.dw_errors`)."""
+    if not pairs:
+        return []
+    a, b = _stacked(pairs)
+    a_hat, b_hat = _stacked(approx)
+    abs_err, _ = core.dw_errors(b, a, b_hat, a_hat)
+    if b.shape[1] >= b.shape[2]:  # ||B A||_F = ||R A||_F with B = Q R (r x r)
+        norms = torch.linalg.matrix_norm(torch.linalg.qr(b, mode="r")[1] @ a)
+    else:
+        norms = torch.linalg.matrix_norm(b @ a)  # d_out < r: the product is d_out x d_in, smaller than A
+    return list(zip(abs_err.tolist(), norms.tolist()))
 
 
 def form_for(per_adapter: str, kb: int, ka: int, ranks: Sequence[int], centered: bool) -> str:
@@ -244,6 +269,7 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
                            "stacked_columns": fit.columns}
     captured = {side: 0.0 for side in SIDES}
     for chunk, folded in folds:
+        pairs, rebuilt_pairs = [], []
         for (a, b), src in zip(folded, chunk):
             loads = {}
             for side in SIDES:
@@ -260,21 +286,14 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
                     out.loadings[src.name][f"{module}.{side}"] = store(loads[side], store_dtype)
                     kept[side] = out.loadings[src.name][f"{module}.{side}"]
             rebuilt = {side: restore(kept[side], *stored[side], a.device, a.dtype) for side in SIDES}
-            out.errors[src.name] = dw_abs_and_norm(a, b, rebuilt["lora_A"].mT, rebuilt["lora_B"])
+            pairs.append((a, b))
+            rebuilt_pairs.append((rebuilt["lora_A"].mT, rebuilt["lora_B"]))
+        for src, pair in zip(chunk, batched_dw_errors(pairs, rebuilt_pairs)):
+            out.errors[src.name] = pair
     for side in SIDES:
         total = float(torch.sum(fits[side].energies))
         out.group[side]["explained_variance"] = min(1.0, captured[side] / total) if total > 0 else 1.0
     return out
-
-
-def compress_module(module: str, sources: Sequence[AdapterSource], read: Reader, *, k: int | None,
-                    threshold: float | None, center: bool, chunk_size: int | None,
-                    store_dtype: torch.dtype, per_adapter: str = "loadings", refine_steps: int = 0) -> ModuleResult:
-    """Basis, per-adapter parts and dW errors of one module for all adapters, k chosen by the plain rule."""
-    folds = Folds(module, sources, read, chunk_size)
-    fits = fit_sides(folds.parts(), center=center)
-    return finish_module(module, sources, folds, fits, select(fits, k=k, threshold=threshold),
-                         per_adapter=per_adapter, refine_steps=refine_steps, store_dtype=store_dtype)
 
 
 def ratio(abs_err: float, norm: float) -> float:
