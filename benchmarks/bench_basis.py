@@ -166,7 +166,7 @@ def _rows(case: str, results: dict, base: str, notes: dict) -> None:
 def speed_table(repeats: int, k: int = 32) -> None:
     """basis without/with max_components, and dw_error x2 per item against dw_errors."""
     gen = torch.Generator().manual_seed(2)
-    print(f"| case | call | median (ms) | min (ms) | speedup vs first row (medians) | notes |")
+    print("| case | call | median (ms) | min (ms) | speedup vs first row (medians) | notes |")
     print("|---|---|---:|---:|---:|---|")
     for d, n in ((768, 800), (4096, 128)):
         x = decaying(d, n, gen)

@@ -191,9 +191,10 @@ def basis(
         ``n >= d``. The Gram and covariance routes square the condition number, so when
         forced they run in float64 for float32 (and half-precision) data; "auto" first tries
         the scatter in the working precision and keeps it when it yields a complete basis
-        (q = d) or more than `max_components` components, else redoes it in float64. For float64 data the squared routes resolve
-        singular values only down to about ``sqrt(size * eps) * s_max``, and "auto" redoes a
-        rank-deficient covariance result with the thin SVD.
+        (q = d) or more than `max_components` components, else redoes it in float64. For
+        float64 data the squared routes resolve singular values only down to about
+        ``sqrt(size * eps) * s_max``, and "auto" redoes a rank-deficient covariance result
+        with the thin SVD.
     rtol : float, optional
         Components with singular value ``<= rtol * s_ref`` are dropped, ``s_ref = s_max``
         (NumPy's ``matrix_rank`` rule). Default ``max(d, n) * eps`` of the working dtype.
