@@ -46,9 +46,11 @@ def test_max_components_returns_the_leading_columns_and_every_energy(backend, dt
 
 @pytest.mark.parametrize("method", ROUTES)
 @settings(max_examples=15, deadline=None)
-@given(data=matrices(offset=True), center=st.booleans(), extra=st.integers(0, 3))
-def test_reconstruction_stays_exact_when_max_components_reaches_the_rank(backend, dtype, method, data, center, extra):
-    x_np, _ = data
+@given(draw=st.data(), center=st.booleans(), extra=st.integers(0, 3))
+def test_reconstruction_stays_exact_when_max_components_reaches_the_rank(backend, dtype, method, draw, center, extra):
+    # an offset only with centering, as in test_core_basis (a rank-0 matrix plus a 1e-45
+    # offset is subnormal in float32, and no route reconstructs that exactly)
+    x_np, _ = draw.draw(matrices(offset=center))
     if method in ("gram", "covariance"):  # forced squared routes resolve s down to ~1e-8 s_max only
         assume(_condition(x_np, center) <= 1e3)
     x = backend.asarray(x_np, dtype)
