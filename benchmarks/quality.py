@@ -284,7 +284,7 @@ class Runner:
         """Bisect k so that each budget is bracketed by adjacent k (k-only sweeps)."""
         for ratio in budgets:
             budget = self.original_bytes / ratio
-            for _ in range(3):  # every k tried fits: double the largest k until one does not (or bytes stop growing)
+            for _ in range(3 if self.args.refine else 0):  # every k tried fits: double the largest k until one does not (or bytes stop growing)
                 done = sorted((p["values"]["k"], p["bytes"]) for p in m.points if "bytes" in p)
                 if m.status or not done or any(b > budget for _, b in done):
                     break
