@@ -776,7 +776,8 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
 
 def _json_text(data: object, what: str, error: type[ShareError]) -> str:
     try:
-        return json.dumps(data, indent=2) + "\n"
+        # compact: with many adapters the metadata is a real share of the bytes (json.tool pretty-prints it)
+        return json.dumps(data, separators=(",", ":")) + "\n"
     except (TypeError, ValueError, RecursionError) as exc:
         raise error(
             f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, "

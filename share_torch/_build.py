@@ -137,8 +137,8 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                 f"target_ratio={plan.target_ratio:g} asks for at most {budget_total:,} bytes, but even one "
                 f"component per module and side makes a {smallest:,}-byte checkpoint "
                 f"({original / smallest:.2f}x smaller than the {original:,} bytes of the adapters); "
-                f"fix: ask for target_ratio <= {original / smallest:.2f}, or store in a smaller dtype "
-                f"(dtype='bfloat16')")
+                f"fix: ask for target_ratio <= {original / smallest:.2f}"
+                + (", or store in a smaller dtype (dtype='bfloat16')" if itemsize > 2 else ""))
         overhead = smallest - floor
         for _ in range(4):
             state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - overhead)

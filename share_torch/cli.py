@@ -217,12 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(peak memory: one group plus the output); same result")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="fit each group's basis N adapters at a time, merging chunks exactly; same result")
-    p.add_argument("--factor-form", default="scaled", choices=["scaled", "balanced"],
-                   help="stack each adapter's own B/A ('scaled', default) or re-factor each dW as U S^1/2, "
-                        "S^1/2 V^T first ('balanced': the basis no longer depends on the B/A split)")
-    p.add_argument("--per-adapter", default="loadings", choices=["loadings", "core", "auto"],
-                   help="store per adapter and module r (k_B + k_A) loadings (default), the k_B x k_A core "
-                        "U^T dW V (same dW, fewer numbers when k < 2r), or the cheaper of the two per module")
+    p.add_argument("--factor-form", default="balanced", choices=["balanced", "scaled"],
+                   help="re-factor each dW as U S^1/2, S^1/2 V^T before stacking ('balanced', default: the basis "
+                        "no longer depends on the B/A split) or stack each adapter's own B/A ('scaled')")
+    p.add_argument("--per-adapter", default="auto", choices=["auto", "loadings", "core"],
+                   help="store per adapter and module the cheaper of the two forms ('auto', default), r (k_B + k_A) "
+                        "loadings, or the k_B x k_A core U^T dW V (same dW, fewer numbers when k < 2r)")
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="alternating refinement steps of each module's bases towards the lowest dW error (default 0)")
     target = p.add_mutually_exclusive_group()

@@ -253,8 +253,8 @@ class SHAREModel:
         revision: str | None = None,
         token: str | None = None,
         allow_pickle: bool = False,
-        factor_form: str = "scaled",
-        per_adapter: str = "loadings",
+        factor_form: str = "balanced",
+        per_adapter: str = "auto",
         refine_steps: int = 0,
         target_ratio: float | None = None,
         max_error: float | None = None,
@@ -280,13 +280,16 @@ class SHAREModel:
             revision, token: Passed to the Hub for Hub ids.
             allow_pickle: Also read adapters saved as `adapter_model.bin` (pickle), and then only through
                 `torch.load(weights_only=True)`. Off by default: only safetensors are read.
-            factor_form: What is stacked: `"scaled"` (each adapter's own B and A with sqrt(scale) folded into
-                each) or `"balanced"` (each adapter re-factored as `B' = U S^1/2`, `A' = S^1/2 V^T` from the SVD
-                of its scaled `B A`, computed with r-sized work), which makes the basis independent of the
-                arbitrary split of dW between B and A. Reconstruction gives the same dW either way.
-            per_adapter: What is stored per adapter and module: `"loadings"` (`U^T B`, `V^T A^T`: r (k_B + k_A)
-                numbers), `"core"` (the k_B x k_A matrix `U^T dW V`: the same dW^ for k_B k_A numbers, fewer
-                whenever k < 2r) or `"auto"` (the cheaper of the two per module). Cores need uncentered bases.
+            factor_form: What is stacked: `"balanced"` (default: each adapter re-factored as `B' = U S^1/2`,
+                `A' = S^1/2 V^T` from the SVD of its scaled `B A`, computed with r-sized work, which makes the
+                basis independent of the arbitrary split of dW between B and A; lower dW error on every set
+                measured, see docs/benchmarks.md) or `"scaled"` (each adapter's own B and A with sqrt(scale)
+                folded into each, as SHARE does). Reconstruction gives dW back either way; with "balanced" the
+                returned B and A are a different split of it than the original files'.
+            per_adapter: What is stored per adapter and module: `"auto"` (default: the cheaper of the two below,
+                module by module; loadings when centered), `"loadings"` (`U^T B`, `V^T A^T`: r (k_B + k_A)
+                numbers) or `"core"` (the k_B x k_A matrix `U^T dW V`: the same dW^ for k_B k_A numbers, fewer
+                whenever k < 2r). Cores need uncentered bases.
             refine_steps: Alternating refinement steps of each module's bases towards the lowest total dW
                 error at its k (each step can only lower it); 0 keeps the PCA bases. Needs center=False.
             target_ratio: Choose (k_B, k_A) per module so that the checkpoint, as written, is at least this

@@ -48,7 +48,8 @@ def build_lab(root: Path) -> Lab:
     peft_model("bert", seed=0, r=4, alpha=8).save_pretrained(bin_dir, safe_serialization=False)
     adapters["sst2_bin"] = bin_dir
     ckpt = root / "checkpoint"
-    SHAREModel.from_adapters([adapters[n] for n in GOOD], num_components=3).save_pretrained(ckpt)
+    # loadings form: the integrity cases edit '<module>.lora_A' loadings by name
+    SHAREModel.from_adapters([adapters[n] for n in GOOD], num_components=3, per_adapter="loadings").save_pretrained(ckpt)
     return Lab(root=root, adapters=adapters, checkpoint=ckpt)
 
 
