@@ -703,6 +703,7 @@ class SHAREModel:
         allocated = opts.get("target_ratio") is not None or opts.get("max_error") is not None
         compute, store_dtype = self._dtypes()
         work = copy_checkpoint(self._ckpt)
+        kept_cores = {n: dict(work.loadings[n]) for n in self.adapter_names}  # projection-only: theirs stay
         cores = self._unpack_cores(work)
         names = list(self.adapter_names)
         work.loadings[name] = {}
@@ -736,6 +737,8 @@ class SHAREModel:
                 drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
         work.metas[name] = {"ranks": {m: src.modules[m].rank for m in self.modules}}  # what _rebuilt needs
         self._pack_cores(work, cores)
+        if not update_basis:  # nothing of the others moved: keep their stored tensors bit for bit
+            work.loadings.update(kept_cores)
         for module in self.modules:
             a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute, form)
             rebuilt = self._rebuilt(work, name, module)

@@ -162,7 +162,7 @@ def test_cli_allow_pickle_flag(lab: Lab, tmp_path: Path) -> None:
     cache.mkdir()
     out = tmp_path / "ckpt"
     argv = ["compress", str(lab.adapters["sst2_bin"]), *(str(lab.adapters[n]) for n in GOOD[1:]), "-o", str(out),
-            "-k", "3", "--allow-pickle", "-q"]
+            "-k", "3", "--per-adapter", "loadings", "--allow-pickle", "-q"]  # as lab.checkpoint was made
     done = run_lorashare(argv, cli_env(cache))
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(out / "adapters")) == sorted(GOOD)
