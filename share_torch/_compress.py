@@ -20,6 +20,7 @@ import torch
 
 import share_core as core
 from share_core._core_form import factor_core
+from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
 
 SIDES = ("lora_A", "lora_B")
@@ -74,9 +75,50 @@ class Reader:
         return cls(device, dtype, preloaded, factor_form)
 
     def __call__(self, src: AdapterSource, module: str) -> Folded:
-        key = (src.name, module)
-        a, b = self.preloaded[key] if self.preloaded is not None else src.load_factors(module)
-        return fold(a, b, src.modules[module].scale, self.device, self.dtype, self.factor_form)
+        return self.many([src], module)[0]
+
+    def many(self, sources: Sequence[AdapterSource], module: str) -> list[Folded]:
+        """Folded factors of one module for several adapters; balanced in batches of equal rank."""
+        raw = [self.preloaded[(src.name, module)] if self.preloaded is not None else src.load_factors(module)
+               for src in sources]
+        scales = [src.modules[module].scale for src in sources]
+        if self.factor_form != "balanced":
+            return [fold(a, b, s, self.device, self.dtype, self.factor_form) for (a, b), s in zip(raw, scales)]
+        out: list[Folded | None] = [None] * len(raw)
+        by_rank: dict[int, list[int]] = {}
+        for i, (a, _) in enumerate(raw):
+            by_rank.setdefault(int(a.shape[0]), []).append(i)
+        for r, idx in by_rank.items():
+            a, b = raw[idx[0]]
+            if len(idx) == 1 or r > min(int(a.shape[1]), int(b.shape[0])):
+                for i in idx:
+                    out[i] = fold(*raw[i], scales[i], self.device, self.dtype, "balanced")
+                continue
+            a = torch.stack([raw[i][0] for i in idx]).to(self.device, self.dtype)
+            b = torch.stack([raw[i][1] for i in idx]).to(self.device, self.dtype)
+            s = torch.tensor([scales[i] for i in idx], dtype=self.dtype, device=self.device)
+            a_bal, b_bal = balance_batch(a, b, s)
+            for j, i in enumerate(idx):
+                out[i] = (a_bal[j], b_bal[j])
+        return out
+
+
+def balance_batch(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`share_core.balance` of N same-rank pairs at once: a (N, r, d_in), b (N, d_out, r), r <= d_in, d_out.
+
+    The same r-sized work (two reduced QRs, one r x r SVD per pair) as batched LAPACK calls, and the same
+    sign rule (the entry of largest magnitude of each column of B' is positive)."""
+    if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise InvalidArgumentError("a LoRA factor holds NaN or infinity; the adapter weights are corrupt")
+    qb, rb = torch.linalg.qr(b)
+    qa, ra = torch.linalg.qr(a.mT)
+    uk, sk, vhk = torch.linalg.svd((rb @ ra.mT) * scales[:, None, None])
+    root = torch.sqrt(sk)
+    b_bal = (qb @ uk) * root[:, None, :]
+    a_bal = root[:, :, None] * (vhk @ qa.mT)
+    picked = torch.gather(b_bal, 1, b_bal.abs().argmax(dim=1, keepdim=True))  # (N, 1, r)
+    signs = torch.where(picked < 0, -1.0, 1.0).to(b_bal.dtype)
+    return a_bal * signs.mT, b_bal * signs
 
 
 def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
@@ -218,7 +260,7 @@ class Folds:
             yield self.sources, self._kept
             return
         for chunk in chunks(self.sources, self.chunk_size):
-            folded = [self.read(src, self.module) for src in chunk]
+            folded = self.read.many(chunk, self.module)
             if len(chunk) == len(self.sources):
                 self._kept = folded
             yield chunk, folded

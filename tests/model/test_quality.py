@@ -223,3 +223,19 @@ def _dw(share: SHAREModel, name: str, module: str) -> torch.Tensor:
 def test_bad_quality_options_are_refused_before_any_work(pool, kwargs, needle):
     with pytest.raises(InvalidArgumentError, match=needle):
         SHAREModel.from_adapters(pool[:2], **kwargs)
+
+
+def test_batched_balancing_equals_share_core_balance():
+    """Compression balances all same-rank adapters of a module in one batched call: same factors."""
+    import share_core as core
+    from share_torch._compress import balance_batch
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 8, 40, generator=g), 0.3 * torch.randn(6, 30, 8, generator=g)
+    b[2, :, 5:] = 0.0  # a rank-deficient update
+    scales = torch.tensor([2.0, -1.5, 0.5, 1.0, 3.0, 0.25])
+    a_bal, b_bal = balance_batch(a, b, scales)
+    for i in range(6):
+        b_ref, a_ref = core.balance(b[i], a[i], scale=float(scales[i]))
+        torch.testing.assert_close(b_bal[i], b_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a_bal[i], a_ref, rtol=1e-5, atol=1e-6)
