@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-adapter", default="auto", choices=["auto", "loadings", "core"],
                    help="store per adapter and module the cheaper of the two forms ('auto', default), r (k_B + k_A) "
                         "loadings, or the k_B x k_A core U^T dW V (same dW, fewer numbers when k < 2r)")
-    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
-                   help="alternating refinement steps of each module's bases towards the lowest dW error (default 0)")
+    p.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                   help="alternating refinement steps of each module's bases towards the lowest dW error "
+                        "(default 1; 0 with --center)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose k per module and side so the checkpoint is at least R times smaller than the "

@@ -255,7 +255,7 @@ class SHAREModel:
         allow_pickle: bool = False,
         factor_form: str = "balanced",
         per_adapter: str = "auto",
-        refine_steps: int = 0,
+        refine_steps: int | None = None,
         target_ratio: float | None = None,
         max_error: float | None = None,
         leave_one_out: bool = False,
@@ -291,7 +291,9 @@ class SHAREModel:
                 numbers) or `"core"` (the k_B x k_A matrix `U^T dW V`: the same dW^ for k_B k_A numbers, fewer
                 whenever k < 2r). Cores need uncentered bases.
             refine_steps: Alternating refinement steps of each module's bases towards the lowest total dW
-                error at its k (each step can only lower it); 0 keeps the PCA bases. Needs center=False.
+                error at its k (each step can only lower it; one step gets nearly all of the gain measured,
+                see docs/benchmarks.md). Default `None`: 1 step, or 0 with center=True (refinement needs
+                uncentered bases); 0 keeps the PCA bases.
             target_ratio: Choose (k_B, k_A) per module so that the checkpoint, as written, is at least this
                 many times smaller than the adapter files, spending components where they remove the most
                 dW error per byte. Overrides `num_components`. Needs center=False.
@@ -309,6 +311,8 @@ class SHAREModel:
                 adapter, what was expected, what was found and how to fix it).
         """
         k, threshold = _check_options(num_components, variance_threshold)
+        if refine_steps is None:
+            refine_steps = 0 if center else 1
         _check_quality_options(center=center, factor_form=factor_form, per_adapter=per_adapter,
                                refine_steps=refine_steps, target_ratio=target_ratio, max_error=max_error,
                                leave_one_out=leave_one_out)
