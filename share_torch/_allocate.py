@@ -52,7 +52,7 @@ class GroupTable:
         """Tensor payload of this group at (k_B, k_A), in the cheaper per-adapter form when allowed."""
         basis = (self.d_out * kb + self.d_in * ka) * itemsize
         loadings = sum(self.ranks) * (kb + ka) * itemsize
-        if self.centered or self.per_adapter == "loadings":
+        if self.centered or self.per_adapter == "loadings" or kb == 0 or ka == 0:
             return basis + loadings
         core = len(self.ranks) * kb * ka * itemsize
         return basis + (core if self.per_adapter == "core" else min(core, loadings))

@@ -241,7 +241,7 @@ def batched_dw_errors(pairs: Sequence[Folded], approx: Sequence[Folded]) -> list
 
 def form_for(per_adapter: str, kb: int, ka: int, ranks: Sequence[int], centered: bool) -> str:
     """The per-adapter storage of one group: "core" ((k_B, k_A) per adapter) or "loadings" (r (k_B + k_A))."""
-    if centered or per_adapter == "loadings":
+    if centered or per_adapter == "loadings" or kb == 0 or ka == 0:  # an all-zero side: nothing to store
         return "loadings"
     if per_adapter == "core":
         return "core"

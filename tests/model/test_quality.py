@@ -239,3 +239,22 @@ def test_batched_balancing_equals_share_core_balance():
         b_ref, a_ref = core.balance(b[i], a[i], scale=float(scales[i]))
         torch.testing.assert_close(b_bal[i], b_ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a_bal[i], a_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_adapter", ["core", "auto"])
+def test_untrained_adapters_with_zero_b_compress_in_every_form(tmp_path, per_adapter):
+    """PEFT initializes B at zero: a side of rank 0 is stored as loadings (nothing to factor) and comes back exact."""
+    from safetensors.torch import load_file, save_file
+    pool = [save_adapter(tmp_path / f"z{i}", seed=90 + i) for i in range(3)]
+    for src in pool[:2]:
+        tensors = load_file(src / "adapter_model.safetensors")
+        save_file({k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in tensors.items()},
+                  src / "adapter_model.safetensors")
+    share = SHAREModel.from_adapters(pool[:2], num_components=2, per_adapter=per_adapter)
+    assert {g["per_adapter"] for g in share.config["groups"].values()} == {"loadings"}
+    assert share.stats()["dw_error_max"] == 0.0
+    share.save_pretrained(tmp_path / "ckpt")
+    SHAREModel.from_pretrained(tmp_path / "ckpt").reconstruct("z0", output_dir=tmp_path / "out")
+    assert torch.count_nonzero(logits_of(tmp_path / "out") - logits_of(pool[0])) == 0
+    mixed = SHAREModel.from_adapters(pool, target_ratio=1.2, per_adapter=per_adapter)
+    assert mixed.stats()["dw_error"]["z0"] == 0.0
