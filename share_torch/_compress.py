@@ -296,7 +296,8 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
     centered = fits["lora_A"].mean is not None
     form = form_for(per_adapter, kk["lora_B"], kk["lora_A"], [s.modules[module].rank for s in sources], centered)
     bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
-    if refine_steps and not centered:
+    complete = all(kk[side] >= int(fits[side].energies.shape[0]) for side in SIDES)  # exact already
+    if refine_steps and not centered and not complete:
         bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps)
     out.group = {"d_in": info.d_in, "d_out": info.d_out, "per_adapter": form}
     stored = {}

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "loadings, or the k_B x k_A core U^T dW V (same dW, fewer numbers when k < 2r)")
     p.add_argument("--refine-steps", type=int, default=None, metavar="N",
                    help="alternating refinement steps of each module's bases towards the lowest dW error "
-                        "(default 1; 0 with --center)")
+                        "(default 1; 0 with --center or -k auto)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=float, default=None, metavar="R",
                         help="choose k per module and side so the checkpoint is at least R times smaller than the "

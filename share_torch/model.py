@@ -293,7 +293,8 @@ class SHAREModel:
             refine_steps: Alternating refinement steps of each module's bases towards the lowest total dW
                 error at its k (each step can only lower it; one step gets nearly all of the gain measured,
                 see docs/benchmarks.md). Default `None`: 1 step, or 0 with center=True (refinement needs
-                uncentered bases); 0 keeps the PCA bases.
+                uncentered bases) and with `num_components="auto"` (whose promise is the explained variance of
+                the factors, which refinement trades for a lower dW error); 0 keeps the PCA bases.
             target_ratio: Choose (k_B, k_A) per module so that the checkpoint, as written, is at least this
                 many times smaller than the adapter files, spending components where they remove the most
                 dW error per byte. Overrides `num_components`. Needs center=False.
@@ -311,8 +312,8 @@ class SHAREModel:
                 adapter, what was expected, what was found and how to fix it).
         """
         k, threshold = _check_options(num_components, variance_threshold)
-        if refine_steps is None:
-            refine_steps = 0 if center else 1
+        if refine_steps is None:  # refinement optimizes dW, not the factors' explained variance that "auto" asks for
+            refine_steps = 0 if center or (k is None and target_ratio is None and max_error is None) else 1
         _check_quality_options(center=center, factor_form=factor_form, per_adapter=per_adapter,
                                refine_steps=refine_steps, target_ratio=target_ratio, max_error=max_error,
                                leave_one_out=leave_one_out)

@@ -118,13 +118,17 @@ def test_target_ratio_is_met_as_written_and_the_gain_table_predicts_the_error(po
     original = sum(f.stat().st_size for src in pool for f in src.iterdir() if f.is_file())
     previous = None
     for ratio in (1.2, 1.5, 2.0):  # tiny adapters: the JSON metadata alone is about half of the bytes
-        share = SHAREModel.from_adapters(pool, target_ratio=ratio, dtype="float64", per_adapter="auto")
+        share = SHAREModel.from_adapters(pool, target_ratio=ratio, dtype="float64", per_adapter="auto",
+                                         refine_steps=0)  # the table predicts the PCA bases' error
         written = _written(share, tmp_path / f"r{ratio}")
         assert written <= original / ratio, (ratio, written, original)
         assert share.stats()["bytes"]["checkpoint"] == written
         allocation = share.config["options"]["allocation"]
         # the exact in-sample gain table: predicted RMS relative error == measured (float64 storage)
         assert _rms(_errors(share).values()) == pytest.approx(allocation["predicted_rms_error"], rel=1e-6)
+        refined = SHAREModel.from_adapters(pool, target_ratio=ratio, dtype="float64", per_adapter="auto")
+        assert _written(refined, tmp_path / f"refined{ratio}") <= original / ratio
+        assert _rms(_errors(refined).values()) <= allocation["predicted_rms_error"] * (1 + 1e-9)
         ks = {(g["lora_B"]["k"], g["lora_A"]["k"]) for g in share.config["groups"].values()}
         error = _rms(_errors(share).values())
         if previous is not None:
