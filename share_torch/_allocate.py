@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+_HEADER_ENTRY = 60  # bytes of one safetensors header entry besides its key: dtype, shape, offsets, quotes
 MAX_COMPONENTS = 1024  # per side: the gain table is (q_B, q_A) float64 per module, so it is capped
 
 
@@ -49,12 +50,15 @@ class GroupTable:
         return float(self.prefix[-1, -1])
 
     def nbytes(self, kb: int, ka: int, itemsize: int) -> int:
-        """Tensor payload of this group at (k_B, k_A), in the cheaper per-adapter form when allowed."""
+        """Bytes of this group at (k_B, k_A), in the cheaper per-adapter form when allowed: tensor payload
+        plus an estimate of each tensor's safetensors header entry (two per adapter for loadings, one for a
+        core), so that switching forms is priced right with many adapters."""
+        entry = len(self.module) + _HEADER_ENTRY
         basis = (self.d_out * kb + self.d_in * ka) * itemsize
-        loadings = sum(self.ranks) * (kb + ka) * itemsize
+        loadings = sum(self.ranks) * (kb + ka) * itemsize + 2 * entry * len(self.ranks)
         if self.centered or self.per_adapter == "loadings" or kb == 0 or ka == 0:
             return basis + loadings
-        core = len(self.ranks) * kb * ka * itemsize
+        core = len(self.ranks) * (kb * ka * itemsize + entry)
         return basis + (core if self.per_adapter == "core" else min(core, loadings))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -122,16 +122,17 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
     n = len(sources)
     original = sum(s.file_bytes for s in sources)
 
-    def build(state: dict[str, tuple[int, int]]) -> dict[str, ModuleResult]:
-        return _module_results(modules, sources, read, plan, lambda m, folds: fits_by_module[m],
+    def build(state: dict[str, tuple[int, int]], how: Plan = plan) -> dict[str, ModuleResult]:
+        return _module_results(modules, sources, read, how, lambda m, folds: fits_by_module[m],
                                lambda m, fits: {"lora_B": state[m][0], "lora_A": state[m][1]},
                                lambda items: wrap(items, "projecting"))
 
     if plan.target_ratio is not None:
         budget_total = int(original / plan.target_ratio)
+        search = replace(plan, refine_steps=0)  # bytes do not depend on refinement: search without it
         floor, ceiling = smallest_payload(tables, itemsize), full_payload(tables, itemsize)
         state, _ = allocate(tables, itemsize=itemsize, num_adapters=n, budget=floor)
-        smallest = measure(build(state))  # one component everywhere: measures what JSON and headers cost
+        smallest = measure(build(state, search))  # one component everywhere: measures what JSON and headers cost
         if smallest > budget_total:
             raise InvalidArgumentError(
                 f"target_ratio={plan.target_ratio:g} asks for at most {budget_total:,} bytes, but even one "
@@ -140,17 +141,25 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                 f"fix: ask for target_ratio <= {original / smallest:.2f}"
                 + (", or store in a smaller dtype (dtype='bfloat16')" if itemsize > 2 else ""))
         overhead = smallest - floor
-        for _ in range(4):
+        for attempt in range(6):
             state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - overhead)
-            results = build(state)
+            results = build(state, search)
             written = measure(results)
             if written <= budget_total:
                 break
-            overhead += (written - budget_total) + 64  # JSON grew with the figures: leave that much more room
+            # JSON and headers grew with the allocation: leave more room, more each time, so it converges
+            overhead += (written - budget_total) * 2 ** attempt + 64
         else:
             raise InvalidArgumentError(
                 f"could not meet target_ratio={plan.target_ratio:g}: the last try wrote {written:,} bytes "
                 f"against a budget of {budget_total:,}; fix: ask for a slightly smaller target_ratio")
+        if plan.refine_steps:
+            refined = build(state)
+            if measure(refined) <= budget_total:  # its JSON figures may print a few bytes longer
+                results = refined
+            else:
+                logger.info("refined bases would overshoot target_ratio=%g by their JSON figures: kept the PCA "
+                            "bases", plan.target_ratio)
         if figures["payload"] >= ceiling:
             logger.info("target_ratio=%g leaves room for every component: the compression is exact", plan.target_ratio)
         return Built(results, {"target_ratio": plan.target_ratio, "budget_bytes": budget_total,
