@@ -74,9 +74,6 @@ class Reader:
                 preloaded[(src.name, module)] = src.load_factors(module)
         return cls(device, dtype, preloaded, factor_form)
 
-    def __call__(self, src: AdapterSource, module: str) -> Folded:
-        return self.many([src], module)[0]
-
     def many(self, sources: Sequence[AdapterSource], module: str) -> list[Folded]:
         """Folded factors of one module for several adapters; balanced in batches of equal rank."""
         raw = [self.preloaded[(src.name, module)] if self.preloaded is not None else src.load_factors(module)
