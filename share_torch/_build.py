@@ -218,6 +218,8 @@ class _Fixed:
     def __init__(self, folded):
         self.folded = folded
 
+    one_chunk = True
+
     def parts(self):
         return iter([self.folded])
 

@@ -150,12 +150,13 @@ def _merge(state: tuple | None, part: tuple) -> tuple:
     return core.merge_bases(u1, s1, u2, s2, mean1=m1, n1=n1, mean2=m2, n2=n2)
 
 
-def _fit_stack(blocks: Iterator[list[torch.Tensor]], *, center: bool) -> SideFit:
-    """Basis of column blocks arriving in chunks (exact merge of each chunk's thin SVD)."""
+def _fit_stack(blocks: Iterator[list[torch.Tensor]], *, center: bool, max_components: int | None = None) -> SideFit:
+    """Basis of column blocks arriving in chunks (exact merge of each chunk's thin SVD); `max_components` only
+    with a single chunk."""
     state = None
     for cols in blocks:
         x = core.stack(cols)
-        u, energies, mean = core.basis(x, center=center)
+        u, energies, mean = core.basis(x, center=center, max_components=max_components)
         state = _merge(state, (u, torch.sqrt(energies), mean, int(x.shape[1])))
     u, s, mean, n = state
     return SideFit(u, mean, s * s, n)
@@ -265,6 +266,10 @@ class Folds:
     def parts(self) -> Iterator[list[Folded]]:
         return (folded for _, folded in self)
 
+    @property
+    def one_chunk(self) -> bool:
+        return self.chunk_size is None or self.chunk_size >= len(self.sources)
+
 
 def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating refinement of (U, V) lowering sum_i ||dW_i - U U^T dW_i V V^T||_F^2 (never raising it).
@@ -276,12 +281,13 @@ def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[
     Where the refined data have fewer directions than k, k shrinks (the missing directions would only
     ever get zero loadings).
     """
+    one_chunk = folds.one_chunk
     for _ in range(steps):
         if u.shape[1] and v.shape[1]:
-            u = _fit_stack(([b @ (a @ v) for a, b in folded] for folded in folds.parts()),
-                           center=False).basis[:, :u.shape[1]]
-            v = _fit_stack(([a.mT @ (b.mT @ u) for a, b in folded] for folded in folds.parts()),
-                           center=False).basis[:, :v.shape[1]]
+            u = _fit_stack(([b @ (a @ v) for a, b in folded] for folded in folds.parts()), center=False,
+                           max_components=u.shape[1] if one_chunk else None).basis[:, :u.shape[1]]
+            v = _fit_stack(([a.mT @ (b.mT @ u) for a, b in folded] for folded in folds.parts()), center=False,
+                           max_components=v.shape[1] if one_chunk else None).basis[:, :v.shape[1]]
     return u, v
 
 
