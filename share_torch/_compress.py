@@ -150,16 +150,24 @@ def _merge(state: tuple | None, part: tuple) -> tuple:
     return core.merge_bases(u1, s1, u2, s2, mean1=m1, n1=n1, mean2=m2, n2=n2)
 
 
+def _fold_in(state: tuple | None, x: torch.Tensor, *, center: bool, max_components: int | None) -> tuple:
+    """Merge one chunk's stacked columns into the running (u, s, mean, n) of a side."""
+    u, energies, mean = core.basis(x, center=center, max_components=max_components)
+    return _merge(state, (u, torch.sqrt(energies), mean, int(x.shape[1])))
+
+
+def _side_fit(state: tuple) -> SideFit:
+    u, s, mean, n = state
+    return SideFit(u, mean, s * s, n)
+
+
 def _fit_stack(blocks: Iterator[list[torch.Tensor]], *, center: bool, max_components: int | None = None) -> SideFit:
     """Basis of column blocks arriving in chunks (exact merge of each chunk's thin SVD); `max_components` only
     with a single chunk."""
     state = None
     for cols in blocks:
-        x = core.stack(cols)
-        u, energies, mean = core.basis(x, center=center, max_components=max_components)
-        state = _merge(state, (u, torch.sqrt(energies), mean, int(x.shape[1])))
-    u, s, mean, n = state
-    return SideFit(u, mean, s * s, n)
+        state = _fold_in(state, core.stack(cols), center=center, max_components=max_components)
+    return _side_fit(state)
 
 
 def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool,
@@ -169,10 +177,9 @@ def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool,
     states: dict[str, tuple | None] = {side: None for side in SIDES}
     for folded in parts:
         for side in SIDES:
-            x = core.stack(columns(folded, side))
-            u, energies, mean = core.basis(x, center=center, max_components=max_components)
-            states[side] = _merge(states[side], (u, torch.sqrt(energies), mean, int(x.shape[1])))
-    return {side: SideFit(u, mean, s * s, n) for side, (u, s, mean, n) in states.items()}
+            states[side] = _fold_in(states[side], core.stack(columns(folded, side)), center=center,
+                                    max_components=max_components)
+    return {side: _side_fit(state) for side, state in states.items()}
 
 
 def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) -> dict[str, int]:
