@@ -24,7 +24,6 @@ from ._compress import (
     Folds,
     ModuleResult,
     Reader,
-    columns,
     dw_abs_and_norm,
     finish_module,
     fit_sides,
@@ -224,4 +223,4 @@ class _Fixed:
         return iter([self.folded])
 
 
-__all__ = ["Plan", "Built", "compress_all", "leave_one_out", "columns"]
+__all__ = ["Plan", "Built", "compress_all", "leave_one_out"]
