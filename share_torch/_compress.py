@@ -204,10 +204,8 @@ def core_loadings(core_matrix: torch.Tensor, rank: int, device, dtype) -> dict[s
 
 
 def dw_abs_and_norm(a: torch.Tensor, b: torch.Tensor, a_hat: torch.Tensor, b_hat: torch.Tensor) -> tuple[float, float]:
-    """(||B A - B^ A^||_F, ||B A||_F) of folded factors, from r-sized QR products."""
-    err, _ = core.dw_error(b, a, b_hat, a_hat)
-    norm, _ = core.dw_error(b, a, torch.zeros_like(b[:, :1]), torch.zeros_like(a[:1, :]))
-    return float(err), float(norm)
+    """(||B A - B^ A^||_F, ||B A||_F) of folded factors: one pair through :func:`batched_dw_errors`."""
+    return batched_dw_errors([(a, b)], [(a_hat, b_hat)])[0]
 
 
 def project_pair(a: torch.Tensor, b: torch.Tensor, bases: dict[str, torch.Tensor],
