@@ -22,6 +22,7 @@ import share_core as core
 from share_core._core_form import factor_core
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
+from share_hf._quant import fake_quantize
 
 SIDES = ("lora_A", "lora_B")
 
@@ -188,7 +189,12 @@ def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) 
 
 
 def store(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if x is None else x.to("cpu", dtype).contiguous()
+    """`x` as stored: cast to `dtype`, or for int8 storage rounded to its int8 grid (kept as float32)."""
+    if x is None:
+        return None
+    if dtype == torch.int8:
+        return fake_quantize(x.to("cpu")).contiguous()
+    return x.to("cpu", dtype).contiguous()
 
 
 def restore(load: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor | None, device, dtype) -> torch.Tensor:
