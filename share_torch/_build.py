@@ -138,7 +138,8 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                 f"component per module and side makes a {smallest:,}-byte checkpoint "
                 f"({original / smallest:.2f}x smaller than the {original:,} bytes of the adapters); "
                 f"fix: ask for target_ratio <= {original / smallest:.2f}"
-                + (", or store in a smaller dtype (dtype='bfloat16')" if itemsize > 2 else ""))
+                + (", or store in a smaller dtype (dtype='bfloat16' or 'int8')" if itemsize > 2 else
+                   ", or store in int8 (dtype='int8')" if itemsize == 2 else ""))
         overhead = smallest - floor
         for attempt in range(6):
             state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - overhead)
