@@ -1,6 +1,6 @@
 """The lorashare checkpoint on disk, and plain PEFT adapter folders written from tensors.
 
-Layout (format version 2; version 1 is read too)::
+Layout (format version 3 for int8 storage, 2 otherwise; versions 1 to 3 are read)::
 
     checkpoint/
       share_config.json              # format version, method, adapters, k per group, stats
@@ -11,6 +11,10 @@ Layout (format version 2; version 1 is read too)::
                                      # group with per_adapter "core", "<module>.core" (k_B, k_A)
         classifier_head.safetensors  # carried tensors (heads, ...), only when there are any
         adapter_meta.json            # original PEFT config, source, dtype, ranks, scales, bytes
+
+With ``options.dtype`` "int8" (format 3), the two safetensors files of basis and loadings hold their
+tensors as I8 plus one F32 tensor "int8_scales" with a scale per column (see :mod:`share_hf._quant`);
+in memory they are float32 on that grid.
 
 Everything is written through one atomic-folder helper: a checkpoint appears whole or not at all,
 and an existing one is replaced only after its successor is complete. Reading checks the files
@@ -52,6 +56,7 @@ from share_hf._io import (
     safetensors_nbytes,
     save_safetensors,
 )
+from share_hf._quant import SCALES_KEY, decode, encode, scales_problems
 from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 __all__ = [
@@ -61,13 +66,15 @@ __all__ = [
     "check_checkpoint_target",
     "checkpoint_file_bytes",
     "checkpoint_nbytes",
+    "format_version_for",
     "load_checkpoint",
     "push_checkpoint_to_hub",
     "save_checkpoint",
     "write_peft_adapter",
 ]
 
-FORMAT_VERSION = 2  # 2: per-group 'per_adapter' (k_B x k_A cores), factor_form 'balanced'
+FORMAT_VERSION = 3  # 2: per-group 'per_adapter' (k_B x k_A cores), factor_form 'balanced'; 3: int8 storage
+INT8 = "int8"  # options.dtype of int8 storage (format 3)
 
 CONFIG_FILE = "share_config.json"
 COMPONENTS_FILE = "shared_components.safetensors"
@@ -145,6 +152,22 @@ def _is_dtype_name(value: object) -> bool:
     """One of "float64", "float32", "float16", "bfloat16" (a JSON list or object is not: it
     cannot even be looked up)."""
     return isinstance(value, str) and value in FLOAT_DTYPE_NAMES
+
+
+def _is_storage_name(value: object) -> bool:
+    """An options.dtype: a float dtype name, or "int8"."""
+    return _is_dtype_name(value) or value == INT8
+
+
+def format_version_for(options: Mapping) -> int:
+    """The format a checkpoint with these options is written in: the oldest that describes it, so
+    that older lorashare versions read what they can (3 only for int8 storage)."""
+    return 3 if options.get("dtype") == INT8 else 2
+
+
+def _is_int8(config: Mapping) -> bool:
+    options = config.get("options")
+    return isinstance(options, dict) and options.get("dtype") == INT8
 
 
 def _is_error(value: object) -> bool:
@@ -242,8 +265,8 @@ def _options_problems(options: object) -> list[str]:
     if not isinstance(options, dict):
         return [f"{where} must be an object, found {type(options).__name__}"]
     problems = []
-    if "dtype" in options and not _is_dtype_name(options["dtype"]):
-        problems.append(f"{where}.dtype must be one of {sorted(FLOAT_DTYPE_NAMES)}, found {options['dtype']!r}")
+    if "dtype" in options and not _is_storage_name(options["dtype"]):
+        problems.append(f"{where}.dtype must be one of {sorted([*FLOAT_DTYPE_NAMES, INT8])}, found {options['dtype']!r}")
     k = options.get("num_components")
     if not (k == "auto" or _is_int(k, 1)):
         found = repr(k) if "num_components" in options else "nothing"
@@ -287,10 +310,13 @@ def _stats_problems(stats: object, names: Sequence[str] | None) -> list[str]:
     return problems
 
 
-def _storage_code(config: Mapping) -> str | None:
-    """The safetensors dtype code options.dtype asks for, when it names a valid dtype."""
+def _storage_code(config: Mapping, *, on_disk: bool) -> str | None:
+    """The safetensors dtype code options.dtype asks for, when it names a valid dtype. int8 storage
+    is I8 on disk and float32 (on the int8 grid) in memory."""
     options = config.get("options")
     dtype = options.get("dtype") if isinstance(options, dict) else None
+    if dtype == INT8:
+        return "I8" if on_disk else "F32"
     return _CODES[dtype] if _is_dtype_name(dtype) else None
 
 
@@ -301,6 +327,8 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
     against them, and only the problem with 'groups' itself is reported (not one per tensor)."""
     problems = [f"{CONFIG_FILE} lacks the required key {key!r}" for key in _REQUIRED_KEYS if key not in config]
     problems += _format_version_problems(config)
+    if _is_int8(config) and _is_int(config.get("format_version"), 1) and config["format_version"] < 3:
+        problems.append(f"{CONFIG_FILE}: options.dtype 'int8' needs format_version 3, found {config['format_version']}")
     unknown = sorted(set(config) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
     if "method" in config and config["method"] != "share":
         problems.append(f"{CONFIG_FILE}: method must be 'share', found {config['method']!r}")
@@ -374,7 +402,7 @@ def _dtype_problems(found: _Specs, *, where: str, want: str | None) -> list[str]
     for key, (_, code) in found.items():
         if (code != want) if want else (code not in _CODES.values()):
             wrong.setdefault(code, []).append(key)
-    names = {code: name for name, code in _CODES.items()}
+    names = {code: name for name, code in _CODES.items()} | {"I8": INT8}
     expected = f"{want} ({names[want]}, the options.dtype of {CONFIG_FILE})" if want else "a floating dtype (F64/F32/F16/BF16)"
     return [
         f"{where}: {len(keys)} tensor(s) stored as {code}, expected {expected} (e.g. {keys[0]!r})"
@@ -571,6 +599,14 @@ def _header_or_problem(path: Path, problems: list[str]) -> _Specs | None:
         return None
 
 
+def _unscaled(specs: _Specs | None, where: str, config: Mapping, problems: list[str]) -> _Specs | None:
+    """A file header without its int8 scales tensor (checked here), for int8 storage; else as is."""
+    if specs is None or not _is_int8(config):
+        return specs
+    problems += scales_problems(specs, where)
+    return {k: v for k, v in specs.items() if k != SCALES_KEY}
+
+
 def _json_or_problem(path: Path, problems: list[str]) -> dict | None:
     if not path.is_file():
         problems.append(f"{path} is missing")
@@ -604,8 +640,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
     selected = _select(names, adapters, folder)
     if selected is None:
         raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
-    want = _storage_code(config)
-    components = _header_or_problem(folder / COMPONENTS_FILE, problems)
+    want = _storage_code(config, on_disk=True)
+    components = _unscaled(_header_or_problem(folder / COMPONENTS_FILE, problems), COMPONENTS_FILE, config, problems)
     if components is not None:
         problems += _component_problems(groups, components, want)
     metas = {}
@@ -615,7 +651,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
             problems.append(f"adapter {name!r} is listed in {CONFIG_FILE} but {ADAPTERS_DIR}/{name}/ is missing")
             continue
         meta = _json_or_problem(adir / META_FILE, problems)
-        loadings = _header_or_problem(adir / LOADINGS_FILE, problems)
+        loadings = _unscaled(_header_or_problem(adir / LOADINGS_FILE, problems),
+                             f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}", config, problems)
         heads = _header_or_problem(adir / HEAD_FILE, problems) if os.path.lexists(adir / HEAD_FILE) else None
         problems += _adapter_problems(name, groups, meta, loadings, heads, want)
         if meta is not None:
@@ -675,11 +712,12 @@ def load_checkpoint(
     folder = _resolve_checkpoint(path_or_id, adapters, revision, token)
     config, selected, metas = _inspect(folder, adapters)
     context = f"checkpoint {folder}"
-    components = load_safetensors(folder / COMPONENTS_FILE, error=CheckpointError, context=context)
+    stored = decode if _is_int8(config) else dict
+    components = stored(load_safetensors(folder / COMPONENTS_FILE, error=CheckpointError, context=context))
     loadings, heads = {}, {}
     for name in selected:
         adir = folder / ADAPTERS_DIR / name
-        loadings[name] = load_safetensors(adir / LOADINGS_FILE, error=CheckpointError, context=context)
+        loadings[name] = stored(load_safetensors(adir / LOADINGS_FILE, error=CheckpointError, context=context))
         has_head = (adir / HEAD_FILE).is_file()
         heads[name] = load_safetensors(adir / HEAD_FILE, error=CheckpointError, context=context) if has_head else {}
     return Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas, path=folder)
@@ -711,15 +749,16 @@ def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
     what :func:`save_checkpoint` returns for the same checkpoint. After a partial load only the
     loaded adapters are counted.
     """
+    written = encode if _is_int8(ckpt.config) else dict
     sizes = {
         CONFIG_FILE: len(_json_text(ckpt.config, CONFIG_FILE, CheckpointError).encode("utf-8")),
-        COMPONENTS_FILE: safetensors_nbytes(ckpt.components),
+        COMPONENTS_FILE: safetensors_nbytes(written(ckpt.components)),
     }
     for name in ckpt.config.get("adapters", []):
         if name not in ckpt.loadings:
             continue
         prefix = f"{ADAPTERS_DIR}/{name}/"
-        sizes[prefix + LOADINGS_FILE] = safetensors_nbytes(ckpt.loadings[name])
+        sizes[prefix + LOADINGS_FILE] = safetensors_nbytes(written(ckpt.loadings[name]))
         if ckpt.heads.get(name):
             sizes[prefix + HEAD_FILE] = safetensors_nbytes(ckpt.heads[name])
         if name in ckpt.metas:
@@ -750,7 +789,7 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
     found = ckpt.config.get("format_version")
     if not (_is_int(found, 1) and found <= FORMAT_VERSION):
         problems.append(f"{CONFIG_FILE}: format_version must be 1 to {FORMAT_VERSION}, found {found!r}")
-    want = _storage_code(ckpt.config)
+    want = _storage_code(ckpt.config, on_disk=False)
     components = _tensor_specs(ckpt.components, COMPONENTS_FILE, problems)
     if components is not None:
         problems += _component_problems(groups, components, want)
@@ -823,13 +862,14 @@ def save_checkpoint(
     names = ckpt.config["adapters"]
     config_text = _json_text(ckpt.config, CONFIG_FILE, CheckpointError)
     meta_texts = {n: _json_text(ckpt.metas[n], f"{ADAPTERS_DIR}/{n}/{META_FILE}", CheckpointError) for n in names}
+    written = encode if _is_int8(ckpt.config) else dict
     with atomic_directory(directory, overwrite=overwrite, marker=CONFIG_FILE, what="lorashare checkpoint") as tmp:
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-        save_safetensors(tmp / COMPONENTS_FILE, ckpt.components)
+        save_safetensors(tmp / COMPONENTS_FILE, written(ckpt.components))
         for name in names:
             adir = tmp / ADAPTERS_DIR / name
             adir.mkdir(parents=True)
-            save_safetensors(adir / LOADINGS_FILE, ckpt.loadings[name])
+            save_safetensors(adir / LOADINGS_FILE, written(ckpt.loadings[name]))
             if ckpt.heads.get(name):
                 save_safetensors(adir / HEAD_FILE, ckpt.heads[name])
             (adir / META_FILE).write_text(meta_texts[name], encoding="utf-8")

@@ -54,11 +54,12 @@ class GroupTable:
         plus an estimate of each tensor's safetensors header entry (two per adapter for loadings, one for a
         core), so that switching forms is priced right with many adapters."""
         entry = len(self.module) + _HEADER_ENTRY
-        basis = (self.d_out * kb + self.d_in * ka) * itemsize
-        loadings = sum(self.ranks) * (kb + ka) * itemsize + 2 * entry * len(self.ranks)
+        scale = 4 if itemsize == 1 else 0  # int8 storage: one float32 scale per column of each tensor
+        basis = (self.d_out * kb + self.d_in * ka) * itemsize + (kb + ka) * scale
+        loadings = sum(self.ranks) * ((kb + ka) * itemsize + 2 * scale) + 2 * entry * len(self.ranks)
         if self.centered or self.per_adapter == "loadings" or kb == 0 or ka == 0:
             return basis + loadings
-        core = len(self.ranks) * (kb * ka * itemsize + entry)
+        core = len(self.ranks) * (kb * ka * itemsize + ka * scale + entry)
         return basis + (core if self.per_adapter == "core" else min(core, loadings))
 
 

@@ -426,9 +426,9 @@ def checkpoint_config_lacks_a_required_key(lab, d):
 
 def checkpoint_newer_format(lab, d):
     ckpt = _damaged_checkpoint(lab, d)
-    edit_json(ckpt / "share_config.json", lambda c: c.update(format_version=3))
+    edit_json(ckpt / "share_config.json", lambda c: c.update(format_version=4))
     return _from_checkpoint(ckpt, d, error=CheckpointError,
-                            needles=("format 3, written by a newer lorashare", "Fix: upgrade lorashare"))
+                            needles=("format 4, written by a newer lorashare", "Fix: upgrade lorashare"))
 
 
 def checkpoint_name_escapes(lab, d):
