@@ -25,7 +25,7 @@ from share_hf.adapters import AdapterSource, adapter_name_from_source, check_com
 from share_hf.checkpoint import (
     Checkpoint,
     checkpoint_nbytes,
-    format_version_for,
+    FORMAT_VERSION,
     load_checkpoint,
     push_checkpoint_to_hub,
     save_checkpoint,
@@ -179,7 +179,7 @@ def _assemble(sources: Sequence[AdapterSource], modules: Sequence[str], results:
         for src in sources:
             metas[src.name]["leave_one_out"] = leave_out[src.name]
     config = {
-        "format_version": format_version_for(options),
+        "format_version": FORMAT_VERSION,
         "library": "lorashare",
         "library_version": __version__,
         "method": "share",

@@ -43,7 +43,7 @@ def test_every_form_is_exact_at_full_rank_through_peft(pool, tmp_path, factor_fo
                                      per_adapter=per_adapter, dtype="float32")
     share.save_pretrained(tmp_path / "ckpt")
     back = SHAREModel.from_pretrained(tmp_path / "ckpt")
-    assert back.config["format_version"] == 2
+    assert back.config["format_version"] == 3
     assert back.config["options"]["factor_form"] == factor_form
     for src in pool[:3]:
         back.reconstruct(src.name, output_dir=tmp_path / src.name)

@@ -50,6 +50,7 @@ from ._lab import (
     Lab,
     cli_env,
     edit_json,
+    edit_meta,
     edit_tensors,
     error_line,
     run_lorashare,
@@ -448,14 +449,14 @@ def checkpoint_dtype_disagrees(lab, d):
 
 def checkpoint_rank_disagrees(lab, d):
     ckpt = _damaged_checkpoint(lab, d)
-    edit_json(ckpt / "adapters" / "cola" / "adapter_meta.json", lambda m: m["ranks"].update({Q0: 5}))
+    edit_meta(ckpt, "cola", lambda m: m["ranks"].update({Q0: 5}))
     return _from_checkpoint(ckpt, d, error=CheckpointError,
                             needles=(f"'{Q0}.lora_A' has shape [3, 4]", "give [3, 5]", "Fix:"))
 
 
 def checkpoint_scale_zero(lab, d):
     ckpt = _damaged_checkpoint(lab, d)
-    edit_json(ckpt / "adapters" / "cola" / "adapter_meta.json", lambda m: m["scales"].update({Q0: 0}))
+    edit_meta(ckpt, "cola", lambda m: m["scales"].update({Q0: 0}))
     return _from_checkpoint(ckpt, d, error=CheckpointError,
                             needles=(f"scale of '{Q0}' must be a finite non-zero number, found 0", "Fix:"))
 

@@ -14,7 +14,7 @@ from share_core.errors import CheckpointError, InvalidAdapterError
 from share_hf import load_checkpoint, open_adapter, save_checkpoint
 
 from ..hf._helpers import make_checkpoint
-from ._lab import HEAD, Q0, Lab, edit_json, edit_tensors
+from ._lab import HEAD, Q0, Lab, edit_json, edit_meta, edit_tensors
 
 
 
@@ -147,8 +147,15 @@ def test_explained_variance_may_be_null(ckpt: Path) -> None:
     (lambda m: m.update(original_bytes="1 KB"), "'original_bytes' must be an integer >= 0"),
 ], ids=["scale-missing", "scale-zero", "dw_error", "dw_norm", "peft_type", "original_bytes"])
 def test_meta_values_the_model_reads(ckpt: Path, edit, message: str) -> None:
-    edit_json(ckpt / "adapters" / "cola" / "adapter_meta.json", edit)
+    edit_meta(ckpt, "cola", edit)
     with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(ckpt)
+
+
+def test_per_module_list_of_the_wrong_length(ckpt: Path) -> None:
+    """Format 3 writes per-module figures as lists in group order: one too few is named, not mis-paired."""
+    edit_json(ckpt / "adapters" / "cola" / "adapter_meta.json", lambda m: m["ranks"].pop())
+    with pytest.raises(CheckpointError, match=r"cola/adapter_meta\.json: 'ranks' has 3 entries, expected 4 \(one per group"):
         load_checkpoint(ckpt)
 
 
