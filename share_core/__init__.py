@@ -24,6 +24,7 @@ from share_core._factors import balance, dw_error, dw_errors, fold_scale, relati
 from share_core._linalg import eigh
 from share_core._merge import merge_bases
 from share_core._projection import compress_side, project, reconstruct
+from share_core._refine import refine_bases
 from share_core._select import explained_variance, select_k
 from share_core._stats import center, centered_scatter, covariance, scatter_stats, stack
 
@@ -42,6 +43,7 @@ __all__ = [
     "project",
     "reconstruct",
     "compress_side",
+    "refine_bases",
     "fold_scale",
     "balance",
     "dw_error",

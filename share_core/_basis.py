@@ -10,10 +10,10 @@ from share_core._compat import Array, Namespace, array_namespace, as_work, devic
 from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr
 from share_core._stats import center as center_columns
 
-__all__ = ["basis", "basis_with_route", "METHODS"]
+__all__ = ["basis", "basis_with_route", "basis_and_gram", "METHODS"]
 
 METHODS = ("auto", "svd", "gram", "covariance")
-_NEEDS = {"auto": ("svd", "eigh"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
+_NEEDS = {"auto": ("svd", "eigh", "qr"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
 
 
 def _count_above(values: Array, threshold: Array, xp: Namespace) -> int:
@@ -74,21 +74,41 @@ def _unit_scaled(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
     return y / c, c
 
 
+def _gram_eigh(x: Array, dtype, xp: Namespace) -> tuple[Array, Array, Array]:
+    """(w, p, c): eigenvalues (n,) of the (n, n) Gram matrix of ``y = x / c``, descending and
+    clipped, and its eigenvectors (n, n), in `dtype`; ``c = max |x|`` (0-d, 1 for zero data), so
+    squaring cannot under/overflow and ``w * c**2`` are the squared singular values of x."""
+    y, c = _unit_scaled(x, dtype, xp)
+    w, p = eigh(y.mT @ y, xp=xp)
+    return w, p, c
+
+
+def _gram_basis(
+    x: Array, w: Array, p: Array, c: Array, rtol: float, scale: Array, xp: Namespace, keep: int | None = None
+) -> tuple[Array, Array]:
+    """u = orth(x p) for the leading eigenvectors p of the Gram matrix (:func:`_gram_eigh`) that
+    clear the rank rule, and their energies, in the dtype of `x`.
+
+    ``x p / s`` is the textbook formula, but small eigenvalues of x^T x carry an absolute
+    error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns;
+    a reduced QR of ``x p`` normalizes them instead.
+    """
+    q = _count_above(w, _eig_threshold(w, rtol, as_work(scale, w.dtype, xp) / c, xp.finfo(w.dtype).eps, xp), xp)
+    kept = _kept(q, keep)
+    if kept == 0:
+        u = xp.zeros((x.shape[0], 0), dtype=x.dtype, device=device(x))
+    else:
+        u, _ = qr(as_work(x, w.dtype, xp) / c @ p[:, :kept], "basis", xp)
+        u = as_work(u * column_signs(u, xp)[None, :], x.dtype, xp)
+    return u, as_work(w[:q] * (c * c), x.dtype, xp)
+
+
 def _gram_route(
     x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True, keep: int | None = None
 ) -> tuple[Array, Array]:
-    """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V).
-
-    ``x V / s`` is the textbook formula, but small eigenvalues of x^T x carry an absolute
-    error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns;
-    a reduced QR of ``x V`` normalizes them instead.
-    """
-    y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
-    w, v = eigh(y.mT @ y, xp=xp)
-    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
-    u, _ = qr(y @ v[:, : _kept(q, keep)], "basis", xp)
-    u = as_work(u * column_signs(u, xp)[None, :], x.dtype, xp)
-    return u, as_work(w[:q] * (c * c), x.dtype, xp)
+    """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V)."""
+    w, p, c = _gram_eigh(x, _squaring_dtype(x, accumulate, xp), xp)
+    return _gram_basis(x, w, p, c, rtol, scale, xp, keep)
 
 
 def _covariance_route(
@@ -104,10 +124,24 @@ def _covariance_route(
 _ROUTES = {"svd": _svd_route, "gram": _gram_route, "covariance": _covariance_route}
 
 
+def _gram_pays(x: Array, keep: int | None, xp: Namespace) -> bool:
+    """Whether "auto" takes the Gram route for a wide-enough stack x (d, n), n < d: only the leading
+    `keep` <= n / 4 columns are wanted, and the (n, n) Gram matrix can be formed in a wider dtype.
+
+    One (d, n) x (n, d) product, an (n, n) eigh and the QR of `keep` columns then cost about half a
+    thin SVD of x (whose QR and back-transformation both run over all n columns). In float64 the
+    Gram matrix of float32 data resolves singular values down to about ``sqrt(n * 2**-52) * s_max``,
+    far below the rank rule ``max(d, n) * 2**-23 * s_max``, so the rank and the reconstruction stay
+    exact; float64 data (no wider type) keep the thin SVD.
+    """
+    return keep is not None and 4 * keep <= x.shape[1] and _squaring_dtype(x, True, xp) != x.dtype
+
+
 def _auto(
     x: Array, rtol: float, scale: Array, max_rank: int, xp: Namespace, keep: int | None = None
 ) -> tuple[Array, Array, str]:
-    """Cheapest exact route: thin SVD when n < d, the covariance route when n >= d.
+    """Cheapest exact route: thin SVD when n < d (the Gram route in float64 when only a few leading
+    components are wanted, see :func:`_gram_pays`), the covariance route when n >= d.
 
     The (d, d) scatter is first decomposed in the working precision: when every eigenvalue
     clears the rounding floor, the basis is complete (q = d) and reconstruction is exact
@@ -121,6 +155,9 @@ def _auto(
     """
     d, n = x.shape
     if n < d:
+        if _gram_pays(x, keep, xp):
+            w, p, c = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
+            return (*_gram_basis(x, w, p, c, rtol, scale, xp, keep), "gram")
         return (*_svd_route(x, rtol, scale, xp, keep), "svd")
     u, energies = _covariance_route(x, rtol, scale, xp, accumulate=False, keep=keep)
     q = energies.shape[0]
@@ -187,8 +224,10 @@ def basis(
     method : {"auto", "svd", "gram", "covariance"}, default "auto"
         ``"svd"``: thin SVD of the (d, n) data. ``"gram"``: eigendecomposition of the (n, n)
         Gram matrix, ``u = orth(x v)``. ``"covariance"``: eigendecomposition of the (d, d)
-        scatter. ``"auto"``: the thin SVD when ``n < d``, the covariance route when
-        ``n >= d``. The Gram and covariance routes square the condition number, so when
+        scatter. ``"auto"``: the thin SVD when ``n < d`` (the Gram route when only
+        ``max_components <= n / 4`` leading components are wanted and the Gram matrix can be
+        formed in float64 for float32 data, which resolves every singular value the rank rule
+        keeps, at about half the cost), the covariance route when ``n >= d``. The Gram and covariance routes square the condition number, so when
         forced they run in float64 for float32 (and half-precision) data; "auto" first tries
         the scatter in the working precision and keeps it when it yields a complete basis
         (q = d) or more than `max_components` components, else redoes it in float64. For
@@ -262,7 +301,7 @@ def basis_with_route(
     xp: Namespace | None = None,
 ) -> tuple[Array, Array, Array | None, str]:
     """:func:`basis` plus the route taken: the `method` when forced; for "auto" one of
-    "svd", "covariance", "covariance (float64)", "covariance->svd".
+    "svd", "gram", "covariance", "covariance (float64)", "covariance->svd".
 
     Private, for the benchmark: it reports the route "auto" took, and ``accumulate=False``
     runs a forced Gram or covariance route in the working precision (float32), to measure
@@ -287,3 +326,22 @@ def basis_with_route(
     if method == "svd":
         return (*_svd_route(x, rtol, scale, xp, keep), mean, method)
     return (*_ROUTES[method](x, rtol, scale, xp, accumulate, keep), mean, method)
+
+
+def basis_and_gram(x: Array, /, *, max_components: int, xp: Namespace | None = None) -> tuple[Array, Array, tuple | None]:
+    """:func:`basis` of uncentered `x` (d, n) with `max_components`, plus the ``(w, p, c)`` of its
+    Gram matrix when "auto" took the Gram route (else None), for :func:`share_core._refine.refine_stacks`
+    to reuse. Private: the one place outside :func:`basis` that needs the factorization itself.
+    """
+    xp = array_namespace(x) if xp is None else xp
+    d, n = check_matrix(x, "x", nonempty=True)
+    keep = _check_max_components(max_components)
+    x = as_work(x, work_dtype(xp, x), xp)
+    if not (n < d and _gram_pays(x, keep, xp)):
+        u, energies, _ = basis(x, max_components=keep, xp=xp)
+        return u, energies, None
+    check_finite(x, "x", "basis", xp)
+    w, p, c = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
+    scale = xp.zeros((), dtype=x.dtype, device=device(x))
+    u, energies = _gram_basis(x, w, p, c, max(d, n) * xp.finfo(x.dtype).eps, scale, xp, keep)
+    return u, energies, (w, p, c)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 import share_core as core
+from share_core._basis import basis_and_gram
 from share_core._core_form import factor_core
+from share_core._refine import refine_stacks, stacked_columns
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
 from share_hf._quant import fake_quantize
@@ -131,6 +133,7 @@ class SideFit:
     mean: torch.Tensor | None    # (d,)
     energies: torch.Tensor       # (rank,) squared singular values of the (centered) stack
     columns: int                 # stacked columns
+    gram: tuple | None = None    # (w, p, c) of the stack's Gram matrix when the basis came from it, for refine
 
 
 @dataclass
@@ -176,11 +179,16 @@ def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool,
     """Both sides' bases of one module over chunks of folded factors: every component up to the rank, or
     only the leading `max_components` (one chunk only: merging chunks needs their whole spectra)."""
     states: dict[str, tuple | None] = {side: None for side in SIDES}
+    grams: dict[str, tuple | None] = {side: None for side in SIDES}
     for folded in parts:
         for side in SIDES:
-            states[side] = _fold_in(states[side], core.stack(columns(folded, side)), center=center,
-                                    max_components=max_components)
-    return {side: _side_fit(state) for side, state in states.items()}
+            x = core.stack(columns(folded, side))
+            if max_components is not None and not center:  # one chunk: keep the Gram factors for refine
+                u, energies, grams[side] = basis_and_gram(x, max_components=max_components)
+                states[side] = _merge(states[side], (u, torch.sqrt(energies), None, int(x.shape[1])))
+            else:
+                states[side] = _fold_in(states[side], x, center=center, max_components=max_components)
+    return {side: replace(_side_fit(state), gram=grams[side]) for side, state in states.items()}
 
 
 def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) -> dict[str, int]:
@@ -282,7 +290,25 @@ class Folds:
         return self.chunk_size is None or self.chunk_size >= len(self.sources)
 
 
-def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _refine_in_memory(folded: Sequence[Folded], u: torch.Tensor, v: torch.Tensor, steps: int,
+                      grams: dict[str, tuple | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`share_core._refine.refine_stacks` (r-sized work, no (d, N k) SVDs) on one chunk of float32 factors with
+    fewer stacked columns than either dimension; None where that route does not apply."""
+    ranks = [int(a.shape[0]) for a, _ in folded]
+    n, d_out, d_in = sum(ranks), int(folded[0][1].shape[0]), int(folded[0][0].shape[1])
+    if u.dtype != torch.float32 or n >= min(d_out, d_in):
+        return None
+    xp = core.array_namespace(u)
+    if len(set(ranks)) == 1:  # the stacks the bases were fitted on: their Gram factors apply
+        return refine_stacks(core.stack(columns(folded, "lora_B")), core.stack(columns(folded, "lora_A")), u, v,
+                             len(folded), steps, xp, grams.get("lora_B"), grams.get("lora_A"))
+    a, b = _stacked(folded)  # mixed ranks: zero-padded to the largest
+    bs, as_ = stacked_columns(b, a, xp)
+    return refine_stacks(bs, as_, u, v, len(folded), steps, xp)
+
+
+def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int,
+           grams: dict[str, tuple | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating refinement of (U, V) lowering sum_i ||dW_i - U U^T dW_i V V^T||_F^2 (never raising it).
 
     Given V, the best U of its width spans the top left singular vectors of ``[dW_1 V | ... | dW_N V]``
@@ -293,6 +319,10 @@ def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[
     ever get zero loadings).
     """
     one_chunk = folds.one_chunk
+    if steps and u.shape[1] and v.shape[1] and one_chunk:
+        fast = _refine_in_memory(next(iter(folds.parts())), u, v, steps, grams or {})
+        if fast is not None:
+            return fast
     for _ in range(steps):
         if u.shape[1] and v.shape[1]:
             u = _fit_stack(([b @ (a @ v) for a, b in folded] for folded in folds.parts()), center=False,
@@ -312,7 +342,8 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
     bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
     complete = all(kk[side] >= int(fits[side].energies.shape[0]) for side in SIDES)  # exact already
     if refine_steps and not centered and not complete:
-        bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps)
+        bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps,
+                                                  {side: fits[side].gram for side in SIDES})
     out.group = {"d_in": info.d_in, "d_out": info.d_out, "per_adapter": form}
     stored = {}
     for side in SIDES:

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(share_core.__file__).parent
 
 PUBLIC = {
     "array_namespace", "stack", "center", "covariance", "scatter_stats", "centered_scatter", "eigh",
-    "basis", "merge_bases", "select_k", "explained_variance", "project", "reconstruct", "compress_side",
+    "basis", "merge_bases", "select_k", "explained_variance", "project", "reconstruct", "compress_side", "refine_bases",
     "fold_scale", "balance", "dw_error", "dw_errors", "relative_error", "InvalidArgumentError",
 }
 

@@ -1,0 +1,158 @@
+"""Alternating refinement of one module's two bases towards the lowest total dW error, in r-sized space.
+
+Per module, with stacked factors ``Bs = [B_1 | ... | B_N]`` (d_out, n) and ``As = [A_1^T | ... | A_N^T]``
+(d_in, n), ``n = N r``: given V, the best U of width k_B spans the top left singular vectors of
+``X_U = [B_1 (A_1 V) | ... | B_N (A_N V)] = Bs M``, ``M = blockdiag(A_i V)`` (n, N k_A). With the Gram
+matrix ``Bs^T Bs = R^T R`` (``R = W^1/2 P^T`` from its eigendecomposition), ``X_U X_U^T = Q (R M)(R M)^T Q^T``
+for an orthonormal Q, so those vectors are ``X_U z_j / s_j`` with ``(s_j^2, y_j)`` the eigenpairs of the
+(n, n) matrix ``T = (R M)(R M)^T`` and ``z_j = (R M)^T y_j / s_j``: ``u_j ~ Bs (M (R M)^T y_j)``. Only one
+(d, n) x (n, k) product and one (d, k) QR per half-step touch the long dimension; the (d, N k) matrix
+``X_U`` and its SVD are never formed. Likewise V from ``X_V = As blockdiag(B_i^T U)``.
+"""
+
+from __future__ import annotations
+
+from share_core._arguments import InvalidArgumentError, check_positive_int
+from share_core._basis import _count_above, _eig_threshold, _gram_eigh, _squaring_dtype
+from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
+from share_core._linalg import check_finite, column_signs, eigh, qr
+from share_core.errors import ShapeError
+
+__all__ = ["refine_bases"]
+
+
+def _check(b: Array, a: Array, u: Array, v: Array) -> tuple[int, int, int, int]:
+    """(N, d_out, r, d_in) of stacks b (N, d_out, r), a (N, r, d_in) and bases u (d_out, k_B), v (d_in, k_A)."""
+    shapes = [tuple(t.shape) for t in (b, a, u, v)]
+    if [len(s) for s in shapes] != [3, 3, 2, 2]:
+        raise ShapeError(f"expected b (N, d_out, r), a (N, r, d_in), u (d_out, k_B), v (d_in, k_A), found shapes {shapes}")
+    (n_items, d_out, r), (n_a, r_a, d_in) = shapes[0], shapes[1]
+    if (n_a, r_a) != (n_items, r) or shapes[2][0] != d_out or shapes[3][0] != d_in or n_items < 1 or r < 1:
+        raise ShapeError(f"expected b (N, d_out, r), a (N, r, d_in), u (d_out, k_B), v (d_in, k_A) with one N >= 1, "
+                         f"r >= 1, d_out and d_in, found shapes {shapes}")
+    return n_items, d_out, r, d_in
+
+
+def stacked_columns(b: Array, a: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``Bs`` (d_out, N r) and ``As`` (d_in, N r) of stacks b (N, d_out, r) and a (N, r, d_in):
+    column block i is ``b[i]`` and ``a[i].mT``, as :func:`share_core.stack` lays them out."""
+    n_items, d_out, r = b.shape
+    d_in = a.shape[2]
+    bs = xp.reshape(xp.permute_dims(b, (1, 0, 2)), (d_out, n_items * r))
+    as_ = xp.reshape(xp.permute_dims(a, (2, 0, 1)), (d_in, n_items * r))
+    return bs, as_
+
+
+def _root(w: Array, p: Array, xp: Namespace) -> Array:
+    """R (n, n) with ``R^T R = P diag(w) P^T`` (eigenvalues already clipped at zero)."""
+    return xp.sqrt(w)[:, None] * p.mT
+
+
+def _half_step(y: Array, root: Array, other: Array, basis_other: Array, n_items: int, k: int, eps: float,
+               xp: Namespace) -> Array:
+    """Top-k left singular vectors (d, <= k) of ``y blockdiag(other_i^T basis_other)``, orthonormal, signed.
+
+    `y` (d, n) and `other` (d_o, n) are the unit-scaled stacks of this side and the other, `root` the
+    square root of ``y^T y``; `eps` is the working precision's, for the rank rule ``s > max(d, N k_o) *
+    eps * s_max`` of :func:`share_core.basis`.
+    """
+    d, n = y.shape
+    r, k_other = n // n_items, basis_other.shape[1]
+    m = xp.reshape(other.mT @ basis_other, (n_items, r, k_other))                  # block i: other_i^T basis
+    g = m @ m.mT                                                                    # (N, r, r): M M^T by block
+    rb = xp.permute_dims(xp.reshape(root, (n, n_items, r)), (1, 0, 2))             # (N, n, r): R by block
+    w, vecs = eigh(xp.reshape(xp.permute_dims(rb @ g, (1, 0, 2)), (n, n)) @ root.mT, xp=xp)  # R M M^T R^T
+    rtol = max(d, n_items * k_other) * eps
+    q = _count_above(w, _eig_threshold(w, rtol, xp.zeros((), dtype=w.dtype, device=device(w)),
+                                       xp.finfo(w.dtype).eps, xp), xp)
+    kept = min(q, k)
+    if kept == 0:
+        return xp.zeros((d, 0), dtype=y.dtype, device=device(y))
+    coef = xp.reshape(g @ (rb.mT @ vecs[:, :kept]), (n, kept)) / w[:kept]         # M (R M)^T y_j / s_j^2
+    u, _ = qr(y @ coef, "refine_bases", xp)
+    return u * column_signs(u, xp)[None, :]
+
+
+def refine_stacks(bs: Array, as_: Array, u: Array, v: Array, n_items: int, steps: int, xp: Namespace,
+                  gram_b: tuple | None = None, gram_a: tuple | None = None) -> tuple[Array, Array]:
+    """:func:`refine_bases` on the stacked columns ``Bs`` (d_out, n), ``As`` (d_in, n) of `n_items` equal
+    blocks, reusing the ``(w, p, c)`` of their Gram matrices (``share_core._basis._gram_eigh`` in the
+    squaring dtype) when the caller already has them."""
+    dtype = work_dtype(xp, bs, as_, u, v)
+    eps = float(xp.finfo(dtype).eps)
+    wide = _squaring_dtype(as_work(u, dtype, xp), True, xp)
+    sides = []
+    for x, gram in ((bs, gram_b), (as_, gram_a)):
+        x = as_work(x, dtype, xp)
+        if gram is None:
+            gram = _gram_eigh(x, wide, xp)
+        w, p, c = gram
+        sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp)))
+    (yb, root_b), (ya, root_a) = sides
+    u, v = as_work(u, yb.dtype, xp), as_work(v, ya.dtype, xp)
+    for _ in range(steps):
+        if u.shape[1] == 0 or v.shape[1] == 0:
+            break
+        u = _half_step(yb, root_b, ya, v, n_items, u.shape[1], eps, xp)
+        if u.shape[1] == 0:
+            break
+        v = _half_step(ya, root_a, yb, u, n_items, v.shape[1], eps, xp)
+    return as_work(u, dtype, xp), as_work(v, dtype, xp)
+
+
+def refine_bases(b: Array, a: Array, u: Array, v: Array, /, *, steps: int = 1,
+                 xp: Namespace | None = None) -> tuple[Array, Array]:
+    """Alternating refinement of a module's bases (U, V) lowering ``sum_i ||dW_i - U U^T dW_i V V^T||_F^2``.
+
+    Each step replaces U by the top-k_B left singular vectors of ``[dW_1 V | ... | dW_N V]`` (the best U
+    of its width given V), then V likewise from ``[dW_1^T U | ... | dW_N^T U]``; each half-step solves its
+    subproblem exactly, so the total error never increases. The work is r-sized (see the module notes):
+    an (n, n) Gram matrix per side, formed in float64 for float32 data, and per half-step an (n, n)
+    eigendecomposition, one (d, n) x (n, k) product and a (d, k) QR, ``n = N r``. Cheapest when
+    ``n < d``; exact for any shapes.
+
+    Parameters
+    ----------
+    b : array, shape (N, d_out, r)
+    a : array, shape (N, r, d_in)
+        Folded factors, ``dW_i = b[i] @ a[i]`` (mixed ranks: zero-pad to the largest; zero columns of
+        b and zero rows of a change nothing).
+    u : array, shape (d_out, k_B)
+    v : array, shape (d_in, k_A)
+        Orthonormal starting bases (e.g. the leading columns of :func:`basis` of each side), k >= 1.
+    steps : int, default 1
+        Alternating steps, ``>= 1``.
+    xp : namespace, optional
+
+    Returns
+    -------
+    u : array, shape (d_out, <= k_B)
+    v : array, shape (d_in, <= k_A)
+        Orthonormal; a width shrinks where the data have fewer directions than asked (singular values
+        ``<= max(d, N k) * eps * s_max``, :func:`basis`'s rank rule). Columns ordered by singular value,
+        the entry of largest magnitude of each positive. float32 for half-precision input, otherwise the
+        promoted dtype.
+
+    Raises
+    ------
+    ShapeError
+        When the shapes do not fit together.
+    InvalidArgumentError
+        For non-finite or non-floating input, or `steps` < 1.
+    BackendError
+        When the namespace has no ``linalg.eigh`` or ``linalg.qr``.
+    """
+    xp = array_namespace(b, a, u, v) if xp is None else xp
+    n_items, _, _, _ = _check(b, a, u, v)
+    steps = check_positive_int(steps, "steps")
+    for name in ("eigh", "qr"):
+        linalg_function(xp, name, "refine_bases")
+    dtype = work_dtype(xp, b, a, u, v)
+    b, a = as_work(b, dtype, xp), as_work(a, dtype, xp)
+    for x, name in ((b, "b"), (a, "a")):
+        check_finite(x, name, "refine_bases", xp)
+    if u.shape[1] == 0 or v.shape[1] == 0:
+        raise InvalidArgumentError(f"refine_bases: expected u and v with at least one column, found shapes "
+                                   f"{tuple(u.shape)} and {tuple(v.shape)}")
+    bs, as_ = stacked_columns(b, a, xp)
+    return refine_stacks(bs, as_, u, v, n_items, steps, xp)

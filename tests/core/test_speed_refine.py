@@ -1,0 +1,115 @@
+"""The r-sized routes added for speed give what the plain SVD routes give.
+
+`refine_bases` (alternating refinement from Gram matrices, no (d, N k) SVD) against the half-steps done
+with NumPy SVDs in float64; `basis`'s Gram shortcut for a few leading components against the thin SVD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import share_core as sc
+from core_testing import orthonormal, projector
+from share_core._basis import basis_with_route
+
+ATOL = {"float32": 2e-4, "float64": 1e-8}
+
+
+def _module(seed: int, n_items: int = 5, r: int = 4, d_out: int = 40, d_in: int = 36, k_b: int = 3, k_a: int = 2,
+            noise: float = 0.05):
+    """Folded pairs b (N, d_out, r), a (N, r, d_in) around shared (k_b, k_a)-dim subspaces, plus the
+    float64 SVD bases (U of the B stack, V of the A stack) the refinement starts from."""
+    rng = np.random.default_rng(seed)
+    u0, v0 = orthonormal(rng, d_out, k_b), orthonormal(rng, d_in, k_a)
+    b = np.stack([u0 @ rng.standard_normal((k_b, r)) * 3 + noise * rng.standard_normal((d_out, r))
+                  for _ in range(n_items)])
+    a = np.stack([rng.standard_normal((r, k_a)) @ v0.T * 2 + noise * rng.standard_normal((r, d_in))
+                  for _ in range(n_items)])
+    u = np.linalg.svd(np.concatenate(list(b), axis=1), full_matrices=False)[0][:, :k_b]
+    v = np.linalg.svd(np.concatenate([x.T for x in a], axis=1), full_matrices=False)[0][:, :k_a]
+    return b, a, u, v
+
+
+def _reference(b, a, u, v, steps):
+    """The alternating half-steps as written down: top left singular vectors of [dW_i V] and [dW_i^T U]."""
+    k_b, k_a = u.shape[1], v.shape[1]
+    for _ in range(steps):
+        u = np.linalg.svd(np.concatenate([bi @ (ai @ v) for bi, ai in zip(b, a)], axis=1))[0][:, :k_b]
+        v = np.linalg.svd(np.concatenate([ai.T @ (bi.T @ u) for bi, ai in zip(b, a)], axis=1))[0][:, :k_a]
+    return u, v
+
+
+def _total_error(b, a, u, v) -> float:
+    return sum(np.linalg.norm(bi @ ai - u @ (u.T @ bi @ ai @ v) @ v.T) ** 2 for bi, ai in zip(b, a))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 3))
+def test_refine_bases_spans_what_the_svd_half_steps_span(backend, dtype, seed, steps):
+    b, a, u, v = _module(seed)
+    ref_u, ref_v = _reference(b, a, u, v, steps)
+    got_u, got_v = sc.refine_bases(*(backend.asarray(t, dtype) for t in (b, a, u, v)), steps=steps)
+    assert type(got_u) is type(backend.asarray(u, dtype)) and str(got_u.dtype).endswith(dtype)
+    got_u, got_v = backend.to_numpy(got_u), backend.to_numpy(got_v)
+    assert got_u.shape == ref_u.shape and got_v.shape == ref_v.shape
+    assert np.allclose(projector(got_u), projector(ref_u), atol=ATOL[dtype])
+    assert np.allclose(projector(got_v), projector(ref_v), atol=ATOL[dtype])
+    assert np.allclose(got_u.T @ got_u, np.eye(u.shape[1]), atol=ATOL[dtype])
+    assert np.allclose(got_v.T @ got_v, np.eye(v.shape[1]), atol=ATOL[dtype])
+    assert np.all(got_u[np.argmax(np.abs(got_u), axis=0), range(got_u.shape[1])] > 0)  # sign rule
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_refinement_never_raises_the_total_error(backend, seed):
+    b, a, u, v = _module(seed, noise=0.8)  # weak structure: the steps have work to do
+    errors = [_total_error(b, a, u, v)]
+    for steps in (1, 2, 4):
+        got = sc.refine_bases(*(backend.asarray(t) for t in (b, a, u, v)), steps=steps)
+        errors.append(_total_error(b, a, *(backend.to_numpy(t) for t in got)))
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(errors, errors[1:])), errors
+
+
+def test_zero_padded_ranks_change_nothing(backend):
+    b, a, u, v = _module(7)
+    padded_b = np.concatenate([b, np.zeros(b.shape[:2] + (2,))], axis=2)
+    padded_a = np.concatenate([a, np.zeros((a.shape[0], 2, a.shape[2]))], axis=1)
+    plain = sc.refine_bases(*(backend.asarray(t) for t in (b, a, u, v)))
+    padded = sc.refine_bases(*(backend.asarray(t) for t in (padded_b, padded_a, u, v)))
+    for x, y in zip(plain, padded):
+        assert np.allclose(projector(backend.to_numpy(x)), projector(backend.to_numpy(y)), atol=1e-9)
+
+
+def test_a_width_shrinks_to_the_directions_the_data_have(backend):
+    b, a, u, v = _module(3, k_b=2, k_a=2, noise=0.0)  # every dW_i lies in a 2 x 2 subspace
+    wide_u = np.linalg.svd(np.concatenate(list(b), axis=1))[0][:, :4]
+    got_u, got_v = sc.refine_bases(*(backend.asarray(t) for t in (b, a, wide_u, v)))
+    assert got_u.shape[1] == 2 and got_v.shape[1] == 2
+    dw = sum(bi @ ai for bi, ai in zip(b, a))
+    assert _total_error(b, a, backend.to_numpy(got_u), backend.to_numpy(got_v)) <= 1e-18 * np.linalg.norm(dw) ** 2
+
+
+def test_refine_bases_checks_its_arguments(backend):
+    b, a, u, v = (backend.asarray(t) for t in _module(1))
+    with pytest.raises(sc.errors.ShapeError, match=r"expected b \(N, d_out, r\), a \(N, r, d_in\)"):
+        sc.refine_bases(a, b, u, v)
+    with pytest.raises(sc.InvalidArgumentError, match="steps"):
+        sc.refine_bases(b, a, u, v, steps=0)
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_the_gram_shortcut_gives_the_svd_basis(backend, k):
+    """auto with a few leading components (k <= n / 4) of float32 data: the Gram route in float64."""
+    rng = np.random.default_rng(k)
+    x_np = rng.standard_normal((300, 40)) * np.geomspace(1.0, 1e-3, 40)
+    x = backend.asarray(x_np, "float32")
+    u, energies, _, route = basis_with_route(x, max_components=k)
+    u_svd, e_svd, _, _ = basis_with_route(x, method="svd", max_components=k)
+    assert route == "gram"
+    assert u.shape == u_svd.shape and energies.shape == e_svd.shape
+    assert np.allclose(backend.to_numpy(energies), backend.to_numpy(e_svd), rtol=1e-4, atol=1e-6)
+    assert np.allclose(projector(backend.to_numpy(u)), projector(backend.to_numpy(u_svd)), atol=1e-4)
+    assert np.allclose(backend.to_numpy(u), backend.to_numpy(u_svd), atol=1e-4)  # same signs too
