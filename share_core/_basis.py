@@ -10,7 +10,7 @@ from share_core._compat import Array, Namespace, array_namespace, as_work, devic
 from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr
 from share_core._stats import center as center_columns
 
-__all__ = ["basis", "basis_with_route", "basis_and_gram", "METHODS"]
+__all__ = ["basis", "basis_with_route", "gram_fit", "gram_leading", "METHODS"]
 
 METHODS = ("auto", "svd", "gram", "covariance")
 _NEEDS = {"auto": ("svd", "eigh", "qr"), "svd": ("svd",), "gram": ("eigh", "qr"), "covariance": ("eigh",)}
@@ -328,20 +328,31 @@ def basis_with_route(
     return (*_ROUTES[method](x, rtol, scale, xp, accumulate, keep), mean, method)
 
 
-def basis_and_gram(x: Array, /, *, max_components: int, xp: Namespace | None = None) -> tuple[Array, Array, tuple | None]:
-    """:func:`basis` of uncentered `x` (d, n) with `max_components`, plus the ``(w, p, c)`` of its
-    Gram matrix when "auto" took the Gram route (else None), for :func:`share_core._refine.refine_stacks`
-    to reuse. Private: the one place outside :func:`basis` that needs the factorization itself.
+def gram_fit(x: Array, /, *, max_components: int, xp: Namespace | None = None) -> tuple[Array, tuple] | None:
+    """The energies of :func:`basis` for uncentered `x` (d, n) and `max_components`, plus the ``(w, p, c)``
+    of its Gram matrix (:func:`_gram_eigh`), when "auto" takes the Gram route; else None. The basis
+    itself is left to :func:`gram_leading` (a caller that refines it next never needs it).
+
+    Private: for share_torch, which reuses the factorization in :func:`share_core._refine.refine_stacks`.
     """
     xp = array_namespace(x) if xp is None else xp
     d, n = check_matrix(x, "x", nonempty=True)
     keep = _check_max_components(max_components)
     x = as_work(x, work_dtype(xp, x), xp)
     if not (n < d and _gram_pays(x, keep, xp)):
-        u, energies, _ = basis(x, max_components=keep, xp=xp)
-        return u, energies, None
+        return None
     check_finite(x, "x", "basis", xp)
     w, p, c = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
-    scale = xp.zeros((), dtype=x.dtype, device=device(x))
-    u, energies = _gram_basis(x, w, p, c, max(d, n) * xp.finfo(x.dtype).eps, scale, xp, keep)
-    return u, energies, (w, p, c)
+    q = _count_above(w, _eig_threshold(w, max(d, n) * xp.finfo(x.dtype).eps, xp.zeros((), dtype=w.dtype, device=device(w)),
+                                       xp.finfo(w.dtype).eps, xp), xp)
+    return as_work(w[:q] * (c * c), x.dtype, xp), (w, p, c)
+
+
+def gram_leading(x: Array, gram: tuple, k: int, /, *, xp: Namespace | None = None) -> Array:
+    """The leading `k` columns of the basis whose :func:`gram_fit` gave `gram` (as :func:`basis` returns
+    them; `k` at most the number of energies)."""
+    xp = array_namespace(x) if xp is None else xp
+    x = as_work(x, work_dtype(xp, x), xp)
+    w, p, c = gram
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    return _gram_basis(x, w, p, c, max(x.shape) * xp.finfo(x.dtype).eps, zero, xp, k)[0]

@@ -48,17 +48,17 @@ def _root(w: Array, p: Array, xp: Namespace) -> Array:
     return xp.sqrt(w)[:, None] * p.mT
 
 
-def _half_step(y: Array, root: Array, other: Array, basis_other: Array, n_items: int, k: int, eps: float,
-               xp: Namespace) -> Array:
-    """Top-k left singular vectors (d, <= k) of ``y blockdiag(other_i^T basis_other)``, orthonormal, signed.
+def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: float, xp: Namespace) -> Array:
+    """Top-k left singular vectors (d, <= k) of ``y blockdiag(loads_i)``, orthonormal, signed.
 
-    `y` (d, n) and `other` (d_o, n) are the unit-scaled stacks of this side and the other, `root` the
-    square root of ``y^T y``; `eps` is the working precision's, for the rank rule ``s > max(d, N k_o) *
-    eps * s_max`` of :func:`share_core.basis`.
+    `y` (d, n) is the unit-scaled stack of this side, `root` the square root of ``y^T y``, `loads`
+    (n, k_o) the other side's stack projected on its basis (block i: ``A_i V`` or ``B_i^T U``); `eps` is
+    the working precision's, for the rank rule ``s > max(d, N k_o) * eps * s_max`` of
+    :func:`share_core.basis`.
     """
     d, n = y.shape
-    r, k_other = n // n_items, basis_other.shape[1]
-    m = xp.reshape(other.mT @ basis_other, (n_items, r, k_other))                  # block i: other_i^T basis
+    r, k_other = n // n_items, loads.shape[1]
+    m = xp.reshape(loads, (n_items, r, k_other))                                    # block i: other_i^T basis
     g = m @ m.mT                                                                    # (N, r, r): M M^T by block
     rb = xp.permute_dims(xp.reshape(root, (n, n_items, r)), (1, 0, 2))             # (N, n, r): R by block
     w, vecs = eigh(xp.reshape(xp.permute_dims(rb @ g, (1, 0, 2)), (n, n)) @ root.mT, xp=xp)  # R M M^T R^T
@@ -69,34 +69,50 @@ def _half_step(y: Array, root: Array, other: Array, basis_other: Array, n_items:
     if kept == 0:
         return xp.zeros((d, 0), dtype=y.dtype, device=device(y))
     coef = xp.reshape(g @ (rb.mT @ vecs[:, :kept]), (n, kept)) / w[:kept]         # M (R M)^T y_j / s_j^2
-    u, _ = qr(y @ coef, "refine_bases", xp)
+    return _oriented(y @ coef, xp)
+
+
+def _oriented(x: Array, xp: Namespace) -> Array:
+    """Orthonormal columns spanning the leading columns of x (d, k) in turn (reduced QR), with the sign rule."""
+    u, _ = qr(x, "refine_bases", xp)
     return u * column_signs(u, xp)[None, :]
 
 
-def refine_stacks(bs: Array, as_: Array, u: Array, v: Array, n_items: int, steps: int, xp: Namespace,
+def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int, steps: int, xp: Namespace,
                   gram_b: tuple | None = None, gram_a: tuple | None = None) -> tuple[Array, Array]:
     """:func:`refine_bases` on the stacked columns ``Bs`` (d_out, n), ``As`` (d_in, n) of `n_items` equal
-    blocks, reusing the ``(w, p, c)`` of their Gram matrices (``share_core._basis._gram_eigh`` in the
-    squaring dtype) when the caller already has them."""
-    dtype = work_dtype(xp, bs, as_, u, v)
+    blocks, to a U of at most `k_b` columns, reusing the ``(w, p, c)`` of their Gram matrices
+    (``share_core._basis.gram_fit``) when the caller already has them. `v` is the starting V, or an int
+    k_A to start from the leading k_A components of ``As`` given by `gram_a` (never formed: ``As^T V`` is
+    ``p_k w_k^1/2`` there)."""
+    dtype = work_dtype(xp, bs, as_) if isinstance(v, int) else work_dtype(xp, bs, as_, v)
     eps = float(xp.finfo(dtype).eps)
-    wide = _squaring_dtype(as_work(u, dtype, xp), True, xp)
+    wide = _squaring_dtype(as_work(bs, dtype, xp), True, xp)
     sides = []
     for x, gram in ((bs, gram_b), (as_, gram_a)):
         x = as_work(x, dtype, xp)
         if gram is None:
             gram = _gram_eigh(x, wide, xp)
         w, p, c = gram
-        sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp)))
-    (yb, root_b), (ya, root_a) = sides
-    u, v = as_work(u, yb.dtype, xp), as_work(v, ya.dtype, xp)
-    for _ in range(steps):
-        if u.shape[1] == 0 or v.shape[1] == 0:
+        sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp), w, p))
+    (yb, root_b, _, _), (ya, root_a, w_a, p_a) = sides
+    u = None
+    for step in range(steps):
+        if step == 0 and isinstance(v, int):
+            loads_a = p_a[:, :v] * xp.sqrt(w_a[:v])[None, :]
+        else:
+            v = as_work(v, ya.dtype, xp)
+            loads_a = ya.mT @ v
+        if loads_a.shape[1] == 0:
             break
-        u = _half_step(yb, root_b, ya, v, n_items, u.shape[1], eps, xp)
+        u = _half_step(yb, root_b, loads_a, n_items, k_b, eps, xp)
         if u.shape[1] == 0:
             break
-        v = _half_step(ya, root_a, yb, u, n_items, v.shape[1], eps, xp)
+        v = _half_step(ya, root_a, yb.mT @ u, n_items, v if isinstance(v, int) else v.shape[1], eps, xp)
+    if isinstance(v, int):  # stopped before its first V (no directions left): the starting V, formed
+        v = _oriented(ya @ p_a[:, :v], xp) if v else xp.zeros((ya.shape[0], 0), dtype=ya.dtype, device=device(ya))
+    if u is None:
+        u = xp.zeros((yb.shape[0], 0), dtype=yb.dtype, device=device(yb))
     return as_work(u, dtype, xp), as_work(v, dtype, xp)
 
 
@@ -155,4 +171,4 @@ def refine_bases(b: Array, a: Array, u: Array, v: Array, /, *, steps: int = 1,
         raise InvalidArgumentError(f"refine_bases: expected u and v with at least one column, found shapes "
                                    f"{tuple(u.shape)} and {tuple(v.shape)}")
     bs, as_ = stacked_columns(b, a, xp)
-    return refine_stacks(bs, as_, u, v, n_items, steps, xp)
+    return refine_stacks(bs, as_, as_work(v, dtype, xp), n_items, u.shape[1], steps, xp)

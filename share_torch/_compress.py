@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import share_core as core
-from share_core._basis import basis_and_gram
+from share_core._basis import gram_fit, gram_leading
 from share_core._core_form import factor_core
 from share_core._refine import refine_stacks, stacked_columns
 from share_core.errors import InvalidArgumentError
@@ -129,11 +129,18 @@ def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
 
 @dataclass
 class SideFit:
-    basis: torch.Tensor          # (d, q) in compute dtype: every component up to the rank (or k)
+    basis: torch.Tensor | None   # (d, q) in compute dtype: every component up to the rank (or k); None: see gram
     mean: torch.Tensor | None    # (d,)
     energies: torch.Tensor       # (rank,) squared singular values of the (centered) stack
     columns: int                 # stacked columns
-    gram: tuple | None = None    # (w, p, c) of the stack's Gram matrix when the basis came from it, for refine
+    gram: tuple | None = None    # (w, p, c) of the stack's Gram matrix, when the basis comes from it ...
+    stack: torch.Tensor | None = None  # ... and the (d, n) stack, to form the basis only if asked (refine needs neither)
+
+    def leading(self, k: int) -> torch.Tensor:
+        """The leading k basis columns (d, k)."""
+        if self.basis is not None:
+            return self.basis[:, :k]
+        return gram_leading(self.stack, self.gram, k)
 
 
 @dataclass
@@ -179,16 +186,17 @@ def fit_sides(parts: Iterator[Sequence[Folded]], *, center: bool,
     """Both sides' bases of one module over chunks of folded factors: every component up to the rank, or
     only the leading `max_components` (one chunk only: merging chunks needs their whole spectra)."""
     states: dict[str, tuple | None] = {side: None for side in SIDES}
-    grams: dict[str, tuple | None] = {side: None for side in SIDES}
+    fits: dict[str, SideFit] = {}
     for folded in parts:
         for side in SIDES:
             x = core.stack(columns(folded, side))
-            if max_components is not None and not center:  # one chunk: keep the Gram factors for refine
-                u, energies, grams[side] = basis_and_gram(x, max_components=max_components)
-                states[side] = _merge(states[side], (u, torch.sqrt(energies), None, int(x.shape[1])))
+            gram = gram_fit(x, max_components=max_components) if max_components is not None and not center else None
+            if gram is not None:  # one chunk, Gram route: the basis is formed only if asked for (refine does not)
+                energies, factors = gram
+                fits[side] = SideFit(None, None, torch.square(torch.sqrt(energies)), int(x.shape[1]), factors, x)
             else:
                 states[side] = _fold_in(states[side], x, center=center, max_components=max_components)
-    return {side: replace(_side_fit(state), gram=grams[side]) for side, state in states.items()}
+    return {side: fits[side] if side in fits else _side_fit(state) for side, state in states.items()}
 
 
 def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) -> dict[str, int]:
@@ -290,8 +298,8 @@ class Folds:
         return self.chunk_size is None or self.chunk_size >= len(self.sources)
 
 
-def _refine_in_memory(folded: Sequence[Folded], u: torch.Tensor, v: torch.Tensor, steps: int,
-                      grams: dict[str, tuple | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _refine_in_memory(folded: Sequence[Folded], u: torch.Tensor, v: torch.Tensor,
+                      steps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`share_core._refine.refine_stacks` (r-sized work, no (d, N k) SVDs) on one chunk of float32 factors with
     fewer stacked columns than either dimension; None where that route does not apply."""
     ranks = [int(a.shape[0]) for a, _ in folded]
@@ -299,16 +307,15 @@ def _refine_in_memory(folded: Sequence[Folded], u: torch.Tensor, v: torch.Tensor
     if u.dtype != torch.float32 or n >= min(d_out, d_in):
         return None
     xp = core.array_namespace(u)
-    if len(set(ranks)) == 1:  # the stacks the bases were fitted on: their Gram factors apply
-        return refine_stacks(core.stack(columns(folded, "lora_B")), core.stack(columns(folded, "lora_A")), u, v,
-                             len(folded), steps, xp, grams.get("lora_B"), grams.get("lora_A"))
+    if len(set(ranks)) == 1:
+        return refine_stacks(core.stack(columns(folded, "lora_B")), core.stack(columns(folded, "lora_A")), v,
+                             len(folded), int(u.shape[1]), steps, xp)
     a, b = _stacked(folded)  # mixed ranks: zero-padded to the largest
     bs, as_ = stacked_columns(b, a, xp)
-    return refine_stacks(bs, as_, u, v, len(folded), steps, xp)
+    return refine_stacks(bs, as_, v, len(folded), int(u.shape[1]), steps, xp)
 
 
-def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int,
-           grams: dict[str, tuple | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating refinement of (U, V) lowering sum_i ||dW_i - U U^T dW_i V V^T||_F^2 (never raising it).
 
     Given V, the best U of its width spans the top left singular vectors of ``[dW_1 V | ... | dW_N V]``
@@ -320,7 +327,7 @@ def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int,
     """
     one_chunk = folds.one_chunk
     if steps and u.shape[1] and v.shape[1] and one_chunk:
-        fast = _refine_in_memory(next(iter(folds.parts())), u, v, steps, grams or {})
+        fast = _refine_in_memory(next(iter(folds.parts())), u, v, steps)
         if fast is not None:
             return fast
     for _ in range(steps):
@@ -339,11 +346,18 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
     info = sources[0].modules[module]
     centered = fits["lora_A"].mean is not None
     form = form_for(per_adapter, kk["lora_B"], kk["lora_A"], [s.modules[module].rank for s in sources], centered)
-    bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
     complete = all(kk[side] >= int(fits[side].energies.shape[0]) for side in SIDES)  # exact already
-    if refine_steps and not centered and not complete:
-        bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps,
-                                                  {side: fits[side].gram for side in SIDES})
+    same_rank = len({s.modules[module].rank for s in sources}) == 1
+    if refine_steps and not centered and not complete and same_rank and all(fits[side].gram is not None
+                                                                            for side in SIDES):
+        # straight from the Gram factors the bases were fitted with: the PCA bases themselves are never formed
+        bases = dict(zip(("lora_B", "lora_A"), refine_stacks(
+            fits["lora_B"].stack, fits["lora_A"].stack, kk["lora_A"], len(sources), kk["lora_B"], refine_steps,
+            core.array_namespace(fits["lora_B"].stack), fits["lora_B"].gram, fits["lora_A"].gram)))
+    else:
+        bases = {side: fits[side].leading(kk[side]) for side in SIDES}
+        if refine_steps and not centered and not complete:
+            bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps)
     out.group = {"d_in": info.d_in, "d_out": info.d_out, "per_adapter": form}
     stored = {}
     for side in SIDES:
