@@ -21,6 +21,7 @@ __all__ = [
     "linalg_function",
     "work_dtype",
     "as_work",
+    "is_torch",
 ]
 
 Array = Any
@@ -114,3 +115,9 @@ def work_dtype(xp: Namespace, *arrays: Array) -> Any:
 def as_work(x: Array, dtype: Any, xp: Namespace) -> Array:
     """`x` in `dtype` (no copy when it already is; the input is never modified)."""
     return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def is_torch(xp: Namespace) -> bool:
+    """Whether `xp` is PyTorch's namespace (for the few calls it offers beyond the standard, e.g. an
+    R-only QR; callers keep the standard route for every other namespace)."""
+    return array_api_compat.is_torch_namespace(xp)

@@ -6,7 +6,7 @@ import math
 
 from share_core._arguments import check_matrix, check_real
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
-from share_core._linalg import column_signs, frobenius, qr, svd
+from share_core._linalg import column_signs, frobenius, qr, r_factor, svd
 from share_core.errors import ShapeError
 
 __all__ = ["fold_scale", "balance", "dw_error", "dw_errors", "relative_error"]
@@ -222,8 +222,7 @@ def _stacked_r(xt: Array, xp: Namespace) -> Array:
     Taking ``xt.mT`` hands each (d, m) item to the QR in column-major layout, which LAPACK
     backends then factor without a transposing copy.
     """
-    _, rq = qr(xt.mT, "dw_errors", xp)
-    return rq
+    return r_factor(xt.mT, "dw_errors", xp)
 
 
 def dw_errors(
@@ -283,6 +282,14 @@ def dw_errors(
     BackendError
         When the namespace has no ``linalg.qr`` or ``linalg.vector_norm``.
     """
+    abs_err, norm = dw_errors_and_norms(b, a, b_hat, a_hat, scale=scale, scale_hat=scale_hat, xp=xp)
+    return abs_err, _ratio(abs_err, norm, array_namespace(abs_err) if xp is None else xp)
+
+
+def dw_errors_and_norms(b: Array, a: Array, b_hat: Array, a_hat: Array, /, *, scale: float = 1.0,
+                        scale_hat: float | None = None, xp: Namespace | None = None) -> tuple[Array, Array]:
+    """``(||dW_i - dW^_i||_F, ||dW_i||_F)`` (N,) each, as :func:`dw_errors` computes them (one QR per item
+    for both). Private: for callers that pool absolute errors and norms."""
     xp = array_namespace(b, a, b_hat, a_hat) if xp is None else xp
     n, d_out, r, d_in = _check_stacks(b, a, b_hat, a_hat)
     for name in ("qr", "vector_norm"):
@@ -305,8 +312,7 @@ def dw_errors(
     diff = (rq * signs[None, None, :]) @ other  # ||diff_i||_F = ||dW_i - dW^_i||_F
     rows = min(r, rq.shape[1])  # [b | b^] = Q R, so b = Q R[:, :r]; R is upper triangular
     ref = (rq[:, :rows, :r] * s) @ lead
-    abs_err, norm = _stacked_norms(diff, xp), _stacked_norms(ref, xp)
-    return abs_err, _ratio(abs_err, norm, xp)
+    return _stacked_norms(diff, xp), _stacked_norms(ref, xp)
 
 
 def relative_error(x: Array, x_hat: Array, /, *, xp: Namespace | None = None) -> Array:

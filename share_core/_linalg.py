@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 from share_core._arguments import InvalidArgumentError, check_matrix
-from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
+from share_core._compat import Array, Namespace, array_namespace, as_work, device, is_torch, linalg_function, work_dtype
 from share_core.errors import ShapeError
 
-__all__ = ["eigh", "svd", "qr", "column_signs", "check_finite", "frobenius"]
+__all__ = ["eigh", "svd", "qr", "r_factor", "column_signs", "check_finite", "frobenius"]
 
 
 def frobenius(x: Array, xp: Namespace) -> Array:
@@ -136,3 +136,13 @@ def qr(x: Array, caller: str, xp: Namespace) -> tuple[Array, Array]:
     decompose = linalg_function(xp, "qr", caller)
     q, r = decompose(x, mode="reduced")
     return q, r
+
+
+def r_factor(x: Array, caller: str, xp: Namespace) -> Array:
+    """R (..., m, n) of the reduced QR of `x` (..., d, n), ``m = min(d, n)``, without forming Q where the
+    namespace can skip it (PyTorch's ``mode="r"``, about half the work of a tall QR); the standard
+    reduced QR elsewhere. R is the same either way (LAPACK's geqrf)."""
+    decompose = linalg_function(xp, "qr", caller)
+    if is_torch(xp):
+        return decompose(x, mode="r")[1]
+    return decompose(x, mode="reduced")[1]

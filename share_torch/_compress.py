@@ -21,6 +21,7 @@ import torch
 import share_core as core
 from share_core._basis import gram_fit, gram_leading
 from share_core._core_form import factor_core
+from share_core._factors import dw_errors_and_norms
 from share_core._refine import refine_stacks, stacked_columns
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
@@ -256,11 +257,7 @@ def batched_dw_errors(pairs: Sequence[Folded], approx: Sequence[Folded]) -> list
         return []
     a, b = _stacked(pairs)
     a_hat, b_hat = _stacked(approx)
-    abs_err, _ = core.dw_errors(b, a, b_hat, a_hat)
-    if b.shape[1] >= b.shape[2]:  # ||B A||_F = ||R A||_F with B = Q R (r x r)
-        norms = torch.linalg.matrix_norm(torch.linalg.qr(b, mode="r")[1] @ a)
-    else:
-        norms = torch.linalg.matrix_norm(b @ a)  # d_out < r: the product is d_out x d_in, smaller than A
+    abs_err, norms = dw_errors_and_norms(b, a, b_hat, a_hat)  # ||dW|| from the same QR as the error
     return list(zip(abs_err.tolist(), norms.tolist()))
 
 

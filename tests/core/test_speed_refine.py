@@ -113,3 +113,19 @@ def test_the_gram_shortcut_gives_the_svd_basis(backend, k):
     assert np.allclose(backend.to_numpy(energies), backend.to_numpy(e_svd), rtol=1e-4, atol=1e-6)
     assert np.allclose(projector(backend.to_numpy(u)), projector(backend.to_numpy(u_svd)), atol=1e-4)
     assert np.allclose(backend.to_numpy(u), backend.to_numpy(u_svd), atol=1e-4)  # same signs too
+
+
+def test_dw_norms_come_from_the_error_qr(backend, dtype):
+    """The private pooled-error helper: ||dW - dW^|| and ||dW|| of each item, as dense products give them
+    (torch takes an R-only QR there)."""
+    from share_core._factors import dw_errors_and_norms
+
+    rng = np.random.default_rng(5)
+    b, a = rng.standard_normal((3, 30, 4)), rng.standard_normal((3, 4, 25))
+    b_hat, a_hat = b + 0.1 * rng.standard_normal(b.shape), a[:, :, :]
+    abs_err, norms = dw_errors_and_norms(*(backend.asarray(t, dtype) for t in (b, a, b_hat, a_hat)), scale=2.0)
+    dense = np.stack([bi @ ai for bi, ai in zip(b, a)]) * 2.0
+    dense_hat = np.stack([bi @ ai for bi, ai in zip(b_hat, a_hat)]) * 2.0
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert np.allclose(backend.to_numpy(norms), np.linalg.norm(dense, axis=(1, 2)), rtol=tol)
+    assert np.allclose(backend.to_numpy(abs_err), np.linalg.norm(dense - dense_hat, axis=(1, 2)), rtol=tol * 10)
