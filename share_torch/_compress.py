@@ -330,11 +330,20 @@ def refine(folds: Folds, u: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[
             return fast
     for _ in range(steps):
         if u.shape[1] and v.shape[1]:
-            u = _fit_stack(([b @ (a @ v) for a, b in folded] for folded in folds.parts()), center=False,
+            u = _fit_stack(([_narrow(b, a @ v) for a, b in folded] for folded in folds.parts()), center=False,
                            max_components=u.shape[1] if one_chunk else None).basis[:, :u.shape[1]]
-            v = _fit_stack(([a.mT @ (b.mT @ u) for a, b in folded] for folded in folds.parts()), center=False,
+            v = _fit_stack(([_narrow(a.mT, b.mT @ u) for a, b in folded] for folded in folds.parts()), center=False,
                            max_components=v.shape[1] if one_chunk else None).basis[:, :v.shape[1]]
     return u, v
+
+
+def _narrow(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Columns with the left singular vectors and values of ``y @ m`` ((d, r) @ (r, k)), in min(r, k) columns:
+    with ``m^T = Q R``, ``(y m)(y m)^T = (y R^T)(y R^T)^T``. A refinement half-step stacks these instead of
+    the (d, k) products, so its scatter (where there are more stacked columns than rows) costs r/k as much."""
+    if m.shape[1] <= m.shape[0]:
+        return y @ m
+    return y @ torch.linalg.qr(m.mT, mode="r").R.mT
 
 
 def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, fits: dict[str, SideFit],

@@ -76,3 +76,20 @@ def test_cuda_gives_the_cpu_result(many_adapters):
     gpu = SHAREModel.from_adapters(many_adapters, num_components=64, device="cuda")
     assert all(t.device.type == "cpu" for t in gpu._ckpt.components.values())  # results come back to the CPU
     _same_reconstructions(cpu, gpu, rtol=1e-4)
+
+
+@pytest.mark.parametrize("r, k", [(4, 9), (6, 6), (5, 2)])
+def test_refinement_columns_keep_the_left_singular_vectors_and_values(r, k):
+    """A refinement half-step stacks y R^T (min(r, k) columns) for y m, with m^T = Q R: same left singular
+    vectors and values, so its scatter costs r/k as much where there are more stacked columns than rows."""
+    from share_torch._compress import _narrow
+
+    g = torch.Generator().manual_seed(r * 10 + k)
+    y, m = torch.randn(40, r, generator=g, dtype=torch.float64), torch.randn(r, k, generator=g, dtype=torch.float64)
+    narrow = _narrow(y, m)
+    assert narrow.shape == (40, min(r, k))
+    full_u, full_s, _ = torch.linalg.svd(y @ m, full_matrices=False)
+    u, s, _ = torch.linalg.svd(narrow, full_matrices=False)
+    torch.testing.assert_close(s, full_s[:min(r, k)], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close((u.mT @ full_u[:, :min(r, k)]).abs(), torch.eye(min(r, k), dtype=torch.float64),
+                               rtol=0, atol=1e-8)
