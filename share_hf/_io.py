@@ -510,6 +510,23 @@ def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     except SafetensorError as exc:
         code = errno.ENOSPC if "os error 28" in str(exc) or "No space left" in str(exc) else errno.EIO
         raise OSError(code, f"safetensors could not write the file ({exc})", os.fspath(path)) from exc
+    # safetensors creates its files 0600 whatever the umask; give them the mode the JSON beside them gets,
+    # so that a checkpoint shared with a team (or served by another user) is readable as a whole
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def safetensors_nbytes(tensors: Mapping[str, torch.Tensor]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from share_hf import (
     checkpoint_nbytes,
     load_checkpoint,
     save_checkpoint,
+    write_peft_adapter,
 )
 
 from ._helpers import MODULES, assert_same_tensors, make_checkpoint, read_tensors
@@ -336,3 +338,19 @@ def test_warnings_are_not_raised_for_a_clean_checkpoint(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_checkpoint(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_tensor_files_get_the_same_mode_as_the_json_beside_them(tmp_path: Path, umask: int) -> None:
+    """safetensors creates its files 0600 whatever the umask: a checkpoint written for a team would have
+    readable JSON and unreadable tensors. Every file now gets 0666 minus the umask."""
+    old = os.umask(umask)
+    try:
+        save_checkpoint(make_checkpoint(), tmp_path / "ck")
+        write_peft_adapter(tmp_path / "peft", config={"peft_type": "LORA"},
+                           tensors={"x.lora_A.weight": torch.zeros(2, 3)})
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "ck").rglob("*") if p.is_file()] + list((tmp_path / "peft").iterdir())
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
