@@ -598,11 +598,64 @@ def _header_or_problem(path: Path, problems: list[str]) -> _Specs | None:
 
 
 def _unscaled(specs: _Specs | None, where: str, config: Mapping, problems: list[str]) -> _Specs | None:
-    """A file header without its int8 scales tensor (checked here), for int8 storage; else as is."""
-    if specs is None or not _is_int8(config):
-        return specs
-    problems += scales_problems(specs, where)
-    return {k: v for k, v in specs.items() if k != SCALES_KEY}
+    """A file header as in memory: without its int8 scales tensor (checked here) for int8 storage, and with
+    format 3's group-index keys named by module."""
+    if specs is None:
+        return None
+    if _is_int8(config):
+        problems += scales_problems(specs, where)
+        specs = {k: v for k, v in specs.items() if k != SCALES_KEY}
+    return _keys_from_file(specs, _indexed_groups(config))
+
+
+# Format 3 keys the tensors of shared_components.safetensors and loadings.safetensors by the module's index
+# in share_config.json's groups ("12.lora_A.basis" for "<module>.lora_A.basis"): a full module name is
+# 60-70 bytes in every safetensors header entry, for every adapter.
+_TENSOR_SUFFIXES = (".lora_A.basis", ".lora_B.basis", ".lora_A.mean", ".lora_B.mean", ".lora_A", ".lora_B", ".core")
+
+
+def _indexed_groups(config: Mapping) -> list[str] | None:
+    """The modules in group order when the files key tensors by group index (format 3), else None."""
+    groups = config.get("groups")
+    version = config.get("format_version")
+    return list(groups) if _is_int(version, 3) and isinstance(groups, dict) else None
+
+
+def _keys_to_file(tensors: Mapping[str, torch.Tensor], modules: list[str] | None) -> dict[str, torch.Tensor]:
+    if modules is None:
+        return dict(tensors)
+    index = {m: str(i) for i, m in enumerate(modules)}
+    out = {}
+    for key, value in tensors.items():
+        suffix = next((x for x in _TENSOR_SUFFIXES if key.endswith(x) and key[: -len(x)] in index), None)
+        out[index[key[: -len(suffix)]] + suffix if suffix else key] = value
+    return out
+
+
+def _keys_from_file(found: Mapping, modules: list[str] | None) -> dict:
+    """Tensors or header specs keyed by module name; a key that is not a canonical group index with a known
+    suffix (or whose module name is also present) is kept as it is, for the checks to report."""
+    if modules is None:
+        return dict(found)
+    out = {}
+    for key, value in found.items():
+        head, dot, rest = key.partition(".")
+        name = key
+        if dot and head.isdigit() and str(int(head)) == head and int(head) < len(modules) and f".{rest}" in _TENSOR_SUFFIXES:
+            name = modules[int(head)] + f".{rest}"
+        out[key if name in found and name != key else name] = value
+    return out
+
+
+def _to_file(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    """A basis or loadings file's tensors as written: group-index keys (format 3), int8 with scales (int8)."""
+    keyed = _keys_to_file(tensors, _indexed_groups(config))
+    return encode(keyed) if _is_int8(config) else keyed
+
+
+def _from_file(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`_to_file`, on a file checked by :func:`_inspect`."""
+    return _keys_from_file(decode(tensors) if _is_int8(config) else tensors, _indexed_groups(config))
 
 
 def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: list[str]) -> object:
@@ -673,6 +726,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
             f"({', '.join(unknown)}); they are ignored. A newer lorashare may have written them.",
             stacklevel=3,
         )
+    if not _is_int(config.get("format_version"), 1):
+        groups = None  # how the files key their tensors depends on the version: they cannot be judged
     selected = _select(names, adapters, folder)
     if selected is None:
         raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
@@ -749,12 +804,11 @@ def load_checkpoint(
     folder = _resolve_checkpoint(path_or_id, adapters, revision, token)
     config, selected, metas = _inspect(folder, adapters)
     context = f"checkpoint {folder}"
-    stored = decode if _is_int8(config) else dict
-    components = stored(load_safetensors(folder / COMPONENTS_FILE, error=CheckpointError, context=context))
+    components = _from_file(load_safetensors(folder / COMPONENTS_FILE, error=CheckpointError, context=context), config)
     loadings, heads = {}, {}
     for name in selected:
         adir = folder / ADAPTERS_DIR / name
-        loadings[name] = stored(load_safetensors(adir / LOADINGS_FILE, error=CheckpointError, context=context))
+        loadings[name] = _from_file(load_safetensors(adir / LOADINGS_FILE, error=CheckpointError, context=context), config)
         has_head = (adir / HEAD_FILE).is_file()
         heads[name] = load_safetensors(adir / HEAD_FILE, error=CheckpointError, context=context) if has_head else {}
     return Checkpoint(config=config, components=components, loadings=loadings, heads=heads, metas=metas, path=folder)
@@ -786,16 +840,15 @@ def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
     what :func:`save_checkpoint` returns for the same checkpoint. After a partial load only the
     loaded adapters are counted.
     """
-    written = encode if _is_int8(ckpt.config) else dict
     sizes = {
         CONFIG_FILE: len(_json_text(ckpt.config, CONFIG_FILE, CheckpointError).encode("utf-8")),
-        COMPONENTS_FILE: safetensors_nbytes(written(ckpt.components)),
+        COMPONENTS_FILE: safetensors_nbytes(_to_file(ckpt.components, ckpt.config)),
     }
     for name in ckpt.config.get("adapters", []):
         if name not in ckpt.loadings:
             continue
         prefix = f"{ADAPTERS_DIR}/{name}/"
-        sizes[prefix + LOADINGS_FILE] = safetensors_nbytes(written(ckpt.loadings[name]))
+        sizes[prefix + LOADINGS_FILE] = safetensors_nbytes(_to_file(ckpt.loadings[name], ckpt.config))
         if ckpt.heads.get(name):
             sizes[prefix + HEAD_FILE] = safetensors_nbytes(ckpt.heads[name])
         if name in ckpt.metas:
@@ -900,14 +953,13 @@ def save_checkpoint(
     config_text = _json_text(ckpt.config, CONFIG_FILE, CheckpointError)
     meta_texts = {n: _json_text(_meta_on_disk(ckpt.metas[n], ckpt.config), f"{ADAPTERS_DIR}/{n}/{META_FILE}",
                                 CheckpointError) for n in names}
-    written = encode if _is_int8(ckpt.config) else dict
     with atomic_directory(directory, overwrite=overwrite, marker=CONFIG_FILE, what="lorashare checkpoint") as tmp:
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-        save_safetensors(tmp / COMPONENTS_FILE, written(ckpt.components))
+        save_safetensors(tmp / COMPONENTS_FILE, _to_file(ckpt.components, ckpt.config))
         for name in names:
             adir = tmp / ADAPTERS_DIR / name
             adir.mkdir(parents=True)
-            save_safetensors(adir / LOADINGS_FILE, written(ckpt.loadings[name]))
+            save_safetensors(adir / LOADINGS_FILE, _to_file(ckpt.loadings[name], ckpt.config))
             if ckpt.heads.get(name):
                 save_safetensors(adir / HEAD_FILE, ckpt.heads[name])
             (adir / META_FILE).write_text(meta_texts[name], encoding="utf-8")

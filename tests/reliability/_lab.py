@@ -80,6 +80,26 @@ def edit_meta(ckpt: Path, adapter: str, edit) -> None:
     path.write_text(json.dumps(meta))
 
 
+def edit_checkpoint_tensors(ckpt: Path, rel: str, edit) -> None:
+    """Apply ``edit(dict) -> dict`` to a checkpoint's basis or loadings file seen with module-name keys: format 3
+    writes "<group index>.<suffix>" (index in share_config.json's groups), and the edited file is written back
+    so, with any key the edit added under a module name translated as well."""
+    modules = list(json.loads((ckpt / "share_config.json").read_text())["groups"])
+    index = {m: str(i) for i, m in enumerate(modules)}
+
+    def named(key: str) -> str:
+        head, _, rest = key.partition(".")
+        return f"{modules[int(head)]}.{rest}" if head.isdigit() else key
+
+    def indexed(key: str) -> str:
+        for module, i in index.items():
+            if key.startswith(module + "."):
+                return i + key[len(module):]
+        return key
+
+    edit_tensors(ckpt / rel, lambda t: {indexed(k): v for k, v in edit({named(k): v for k, v in t.items()}).items()})
+
+
 def edit_tensors(path: Path, edit) -> None:
     """Apply ``edit(dict) -> dict`` to a safetensors file, in place."""
     from safetensors.torch import save_file

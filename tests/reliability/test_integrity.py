@@ -16,16 +16,16 @@ from share_core.errors import CheckpointError
 from share_torch import SHAREModel
 from share_torch.cli import main as lorashare_main
 
-from ._lab import GOOD, Q0, V1, Lab, edit_json, edit_meta, edit_tensors, error_line
+from ._lab import GOOD, Q0, V1, Lab, edit_checkpoint_tensors, edit_json, edit_meta, edit_tensors, error_line
 
 
 
 def test_every_problem_is_reported_at_once(lab: Lab, tmp_path: Path, capsys) -> None:
     ckpt = lab.copy("checkpoint", tmp_path / "ckpt")
-    edit_tensors(ckpt / "shared_components.safetensors",  # one basis in the wrong dtype, one gone
+    edit_checkpoint_tensors(ckpt, "shared_components.safetensors",  # one basis in the wrong dtype, one gone
                  lambda t: {k: (v.double() if k == f"{Q0}.lora_A.basis" else v) for k, v in t.items()
                             if k != f"{V1}.lora_B.basis"})
-    edit_tensors(ckpt / "adapters" / "cola" / "loadings.safetensors",  # a loading of the wrong shape
+    edit_checkpoint_tensors(ckpt, "adapters/cola/loadings.safetensors",  # a loading of the wrong shape
                  lambda t: t | {f"{V1}.lora_A": torch.zeros(3, 7)})
     edit_meta(ckpt, "mrpc", lambda m: m["scales"].update({V1: "two"}))
     edit_json(ckpt / "share_config.json", lambda c: c["groups"][Q0]["lora_B"].update(centered="no"))
