@@ -89,7 +89,7 @@ META_FILE = "adapter_meta.json"
 README_FILE = "README.md"
 
 _REQUIRED_KEYS = ("format_version", "method", "adapters", "groups", "options", "stats")
-_OPTIONAL_KEYS = ("library", "library_version", "base_model_name_or_path")
+_OPTIONAL_KEYS = ("library", "library_version", "base_model_name_or_path", "peft_config")
 _REQUIRED_META_KEYS = ("peft_config", "ranks", "scales", "dtype", "original_bytes", "dw_error")
 _SIDES = {"lora_A": "d_in", "lora_B": "d_out"}
 _CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -335,6 +335,9 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         problems.append(f"{CONFIG_FILE}: base_model_name_or_path must be a string or null, found {base!r}")
+    if "peft_config" in config and not isinstance(config["peft_config"], dict):
+        problems.append(f"{CONFIG_FILE}: peft_config must be an object (the PEFT config adapters share), "
+                        f"found {type(config['peft_config']).__name__}")
     names, name_problems = _adapter_names(config)
     problems += name_problems
     if "options" in config:
@@ -658,12 +661,20 @@ def _from_file(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dict[str
     return _keys_from_file(decode(tensors) if _is_int8(config) else tensors, _indexed_groups(config))
 
 
-def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: list[str]) -> object:
-    """adapter_meta.json with its per-module lists (format 3) as objects keyed by module, as in memory;
-    objects (formats 1 and 2) are kept as they are."""
+def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: list[str],
+                    shared: object = None) -> object:
+    """adapter_meta.json as in memory: its per-module lists (format 3) as objects keyed by module (objects,
+    formats 1 and 2, are kept as they are), and a null peft_config replaced by the one of share_config.json
+    (`shared`)."""
     if not isinstance(meta, dict):
         return meta
     out = dict(meta)
+    if "peft_config" in meta and meta["peft_config"] is None:
+        if isinstance(shared, dict):
+            out["peft_config"] = dict(shared)
+        else:
+            problems.append(f"{where}: peft_config is null (the one in {CONFIG_FILE}), but {CONFIG_FILE} has no "
+                            "'peft_config' object")
     modules = list(groups) if groups is not None else None
     for key in _PER_MODULE_KEYS:
         values = meta.get(key)
@@ -681,14 +692,32 @@ def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: 
     return out
 
 
+def _config_on_disk(config: Mapping, metas: Mapping[str, Mapping]) -> dict:
+    """share_config.json as written: from format 3 on, with the PEFT config that most adapters have (when at
+    least two have it) as 'peft_config', which their adapter_meta.json then point to with null."""
+    out = {k: v for k, v in config.items() if k != "peft_config"}
+    if not _is_int(config.get("format_version"), 3):
+        return dict(config)
+    configs = [m.get("peft_config") for m in metas.values() if isinstance(m, Mapping)]
+    texts = Counter(json.dumps(c, sort_keys=True) for c in configs if isinstance(c, dict))
+    if texts:
+        text, count = texts.most_common(1)[0]
+        if count >= 2:
+            out["peft_config"] = next(c for c in configs if isinstance(c, dict) and json.dumps(c, sort_keys=True) == text)
+    return out
+
+
 def _meta_on_disk(meta: Mapping, config: Mapping) -> dict:
-    """adapter_meta.json as written: from format 3 on, per-module figures as lists in the order of the
-    groups; a checkpoint of an older format is written in that format's layout, as it is."""
+    """adapter_meta.json as written beside share_config.json `config` (as written): from format 3 on,
+    per-module figures as lists in the order of the groups, and null for the PEFT config `config` holds; a
+    checkpoint of an older format is written in that format's layout, as it is."""
     version = config.get("format_version")
     modules = list(config.get("groups") or {})
     out = dict(meta)
     if not (_is_int(version, 1) and version >= 3):
         return out
+    if "peft_config" in config and meta.get("peft_config") == config["peft_config"]:
+        out["peft_config"] = None
     for key in _PER_MODULE_KEYS:
         values = meta.get(key)
         if isinstance(values, Mapping) and len(values) == len(modules) and all(m in values for m in modules):
@@ -742,7 +771,7 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
             problems.append(f"adapter {name!r} is listed in {CONFIG_FILE} but {ADAPTERS_DIR}/{name}/ is missing")
             continue
         meta = _meta_from_disk(_json_or_problem(adir / META_FILE, problems), groups,
-                               f"{ADAPTERS_DIR}/{name}/{META_FILE}", problems)
+                               f"{ADAPTERS_DIR}/{name}/{META_FILE}", problems, config.get("peft_config"))
         loadings = _unscaled(_header_or_problem(adir / LOADINGS_FILE, problems),
                              f"{ADAPTERS_DIR}/{name}/{LOADINGS_FILE}", config, problems)
         heads = _header_or_problem(adir / HEAD_FILE, problems) if os.path.lexists(adir / HEAD_FILE) else None
@@ -753,7 +782,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
         _warn_stray_adapters(folder, selected)
     if problems:
         raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
-    return config, selected, metas
+    # the shared PEFT config is a file-level saving: in memory every adapter's meta holds its own
+    return {k: v for k, v in config.items() if k != "peft_config"}, selected, metas
 
 
 def _warn_stray_adapters(folder: Path, names: Sequence[str]) -> None:
@@ -840,8 +870,9 @@ def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
     what :func:`save_checkpoint` returns for the same checkpoint. After a partial load only the
     loaded adapters are counted.
     """
+    config = _config_on_disk(ckpt.config, {n: m for n, m in ckpt.metas.items() if n in ckpt.loadings})
     sizes = {
-        CONFIG_FILE: len(_json_text(ckpt.config, CONFIG_FILE, CheckpointError).encode("utf-8")),
+        CONFIG_FILE: len(_json_text(config, CONFIG_FILE, CheckpointError).encode("utf-8")),
         COMPONENTS_FILE: safetensors_nbytes(_to_file(ckpt.components, ckpt.config)),
     }
     for name in ckpt.config.get("adapters", []):
@@ -852,7 +883,7 @@ def checkpoint_nbytes(ckpt: Checkpoint) -> dict[str, int]:
         if ckpt.heads.get(name):
             sizes[prefix + HEAD_FILE] = safetensors_nbytes(ckpt.heads[name])
         if name in ckpt.metas:
-            text = _json_text(_meta_on_disk(ckpt.metas[name], ckpt.config), prefix + META_FILE, CheckpointError)
+            text = _json_text(_meta_on_disk(ckpt.metas[name], config), prefix + META_FILE, CheckpointError)
             sizes[prefix + META_FILE] = len(text.encode("utf-8"))
     return sizes
 
@@ -950,8 +981,9 @@ def save_checkpoint(
             + "\n  - ".join(problems)
         )
     names = ckpt.config["adapters"]
-    config_text = _json_text(ckpt.config, CONFIG_FILE, CheckpointError)
-    meta_texts = {n: _json_text(_meta_on_disk(ckpt.metas[n], ckpt.config), f"{ADAPTERS_DIR}/{n}/{META_FILE}",
+    config = _config_on_disk(ckpt.config, ckpt.metas)
+    config_text = _json_text(config, CONFIG_FILE, CheckpointError)
+    meta_texts = {n: _json_text(_meta_on_disk(ckpt.metas[n], config), f"{ADAPTERS_DIR}/{n}/{META_FILE}",
                                 CheckpointError) for n in names}
     with atomic_directory(directory, overwrite=overwrite, marker=CONFIG_FILE, what="lorashare checkpoint") as tmp:
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")

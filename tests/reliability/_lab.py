@@ -67,16 +67,22 @@ def edit_meta(ckpt: Path, adapter: str, edit) -> None:
     """Apply ``edit(dict)`` to an adapter's adapter_meta.json seen as in memory: per-module figures (lists in
     group order on disk, format 3) as objects keyed by module. Written back as lists where every module still
     has a value, and as objects (which readers also accept) where the edit removed one."""
-    modules = list(json.loads((ckpt / "share_config.json").read_text())["groups"])
+    config = json.loads((ckpt / "share_config.json").read_text())
+    modules, shared = list(config["groups"]), config.get("peft_config")
     path = ckpt / "adapters" / adapter / "adapter_meta.json"
     meta = json.loads(path.read_text())
     keys = [k for k in ("ranks", "scales", "dw_error", "dw_norm") if isinstance(meta.get(k), list)]
     for key in keys:
         meta[key] = dict(zip(modules, meta[key]))
+    pointed = meta.get("peft_config", "missing") is None  # format 3: null means share_config.json's
+    if pointed:
+        meta["peft_config"] = json.loads(json.dumps(shared))
     edit(meta)
     for key in keys:
         if isinstance(meta.get(key), dict) and set(meta[key]) == set(modules):
             meta[key] = [meta[key][m] for m in modules]
+    if pointed and meta.get("peft_config") == shared:
+        meta["peft_config"] = None
     path.write_text(json.dumps(meta))
 
 
