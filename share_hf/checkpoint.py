@@ -3,15 +3,20 @@
 Layout (format version 3; versions 1 and 2 are read too)::
 
     checkpoint/
-      share_config.json              # format version, method, adapters, k per group, stats
+      share_config.json              # format version, method, adapters, k per group, stats, and the
+                                     # PEFT config several adapters share
       shared_components.safetensors  # "<module>.lora_A.basis" (d_in, k), "<module>.lora_B.basis"
                                      # (d_out, k), "<module>.lora_{A,B}.mean" when centered
       adapters/<name>/
         loadings.safetensors         # "<module>.lora_A" (k_A, r), "<module>.lora_B" (k_B, r); or, for a
                                      # group with per_adapter "core", "<module>.core" (k_B, k_A)
         classifier_head.safetensors  # carried tensors (heads, ...), only when there are any
-        adapter_meta.json            # original PEFT config, source, dtype, bytes; ranks, scales, dW
-                                     # errors and norms per module, as lists in the order of the groups
+        adapter_meta.json            # original PEFT config (null: the shared one), source, dtype, bytes;
+                                     # ranks, scales, dW errors and norms per module, as lists in group order
+
+In format 3, "<module>" in the two tensor files is the module's index in the groups of
+share_config.json; in formats 1 and 2 its full name. In memory every key is the full name and every
+adapter's meta holds its own PEFT config.
 
 With ``options.dtype`` "int8", the two safetensors files of basis and loadings hold their
 tensors as I8 plus one F32 tensor "int8_scales" with a scale per column (see :mod:`share_hf._quant`);
@@ -24,6 +29,7 @@ against ``share_config.json`` and reports every problem found in one :class:`Che
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import math
@@ -74,8 +80,9 @@ __all__ = [
 ]
 
 # 2: per-group 'per_adapter' (k_B x k_A cores), factor_form 'balanced'
-# 3: int8 storage; per-module figures of adapter_meta.json as lists in group order (objects keyed by the
-#    module's full name cost about 6 KB per adapter on roberta-base, a tenth of a 10x-smaller checkpoint)
+# 3: int8 storage; basis and loadings tensors keyed by group index; per-module figures of adapter_meta.json
+#    as lists in group order (objects keyed by the module's full name cost about 6 KB per adapter on
+#    roberta-base); a PEFT config several adapters share written once, in share_config.json
 FORMAT_VERSION = 3
 INT8 = "int8"  # options.dtype of int8 storage (format 3)
 _PER_MODULE_KEYS = ("ranks", "scales", "dw_error", "dw_norm")  # adapter_meta.json figures per module
@@ -671,7 +678,7 @@ def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: 
     out = dict(meta)
     if "peft_config" in meta and meta["peft_config"] is None:
         if isinstance(shared, dict):
-            out["peft_config"] = dict(shared)
+            out["peft_config"] = copy.deepcopy(shared)
         else:
             problems.append(f"{where}: peft_config is null (the one in {CONFIG_FILE}), but {CONFIG_FILE} has no "
                             "'peft_config' object")
