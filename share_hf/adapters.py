@@ -169,6 +169,28 @@ class AdapterSource:
         self._check_finite(tensors)
         return tensors[info.a_key], tensors[info.b_key]
 
+    def load_all_factors(self, modules: Sequence[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`load_factors` of several modules (default: all) from one opening of the file.
+
+        Returns:
+            Module -> ``(A, B)``, in the order asked for.
+
+        Raises:
+            KeyError: A module is not one of this adapter's LoRA modules.
+            InvalidAdapterError: The file cannot be read, or a factor holds NaN or Inf.
+        """
+        wanted = list(self.modules) if modules is None else list(modules)
+        unknown = [m for m in wanted if m not in self.modules]
+        if unknown:
+            raise KeyError(
+                f"{self._context()} has no LoRA module {unknown[0]!r}; it has {len(self.modules)} "
+                f"modules, e.g. {next(iter(self.modules))!r}"
+            )
+        keys = [k for m in wanted for k in (self.modules[m].a_key, self.modules[m].b_key)]
+        tensors = self._load(keys)
+        self._check_finite(tensors)
+        return {m: (tensors[self.modules[m].a_key], tensors[self.modules[m].b_key]) for m in wanted}
+
     def load_carried(self) -> dict[str, torch.Tensor]:
         """Every carried tensor (see :attr:`carried_keys`), in its stored dtype.
 

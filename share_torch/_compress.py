@@ -73,9 +73,9 @@ class Reader:
         if layer_by_layer:
             return cls(device, dtype, None, factor_form)
         preloaded = {}
-        for src in wrap(sources):  # one pass over each adapter file
-            for module in modules:
-                preloaded[(src.name, module)] = src.load_factors(module)
+        for src in wrap(sources):  # one opening of each adapter file
+            for module, factors in src.load_all_factors(modules).items():
+                preloaded[(src.name, module)] = factors
         return cls(device, dtype, preloaded, factor_form)
 
     def many(self, sources: Sequence[AdapterSource], module: str) -> list[Folded]:

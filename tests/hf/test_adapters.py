@@ -97,6 +97,14 @@ def test_load_factors_and_carried_give_the_saved_tensors(tmp_path: Path) -> None
         assert torch.equal(value, saved[key])
     with pytest.raises(KeyError, match="no LoRA module"):
         src.load_factors("base_model.model.nope")
+    every = src.load_all_factors()  # one opening of the file, the same tensors
+    assert list(every) == list(src.modules)
+    for name, (a, b) in every.items():
+        assert torch.equal(a, saved[src.modules[name].a_key]) and torch.equal(b, saved[src.modules[name].b_key])
+    some = list(src.modules)[::-1][:2]
+    assert list(src.load_all_factors(some)) == some
+    with pytest.raises(KeyError, match="no LoRA module 'base_model.model.nope'"):
+        src.load_all_factors([some[0], "base_model.model.nope"])
 
 
 def test_bf16_adapter_keeps_bf16(tmp_path: Path) -> None:
