@@ -159,15 +159,7 @@ class AdapterSource:
             KeyError: `module` is not one of this adapter's LoRA modules.
             InvalidAdapterError: The file cannot be read, or a factor holds NaN or Inf.
         """
-        if module not in self.modules:
-            raise KeyError(
-                f"{self._context()} has no LoRA module {module!r}; it has {len(self.modules)} "
-                f"modules, e.g. {next(iter(self.modules))!r}"
-            )
-        info = self.modules[module]
-        tensors = self._load([info.a_key, info.b_key])
-        self._check_finite(tensors)
-        return tensors[info.a_key], tensors[info.b_key]
+        return self.load_all_factors([module])[module]
 
     def load_all_factors(self, modules: Sequence[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`load_factors` of several modules (default: all) from one opening of the file.

@@ -117,3 +117,19 @@ def rel(x: np.ndarray, y: np.ndarray) -> float:
     den = np.linalg.norm(x)
     num = np.linalg.norm(x - y)
     return float(num / den) if den > 0 else float(num)
+
+
+def condition(x_np, center):
+    """s_max / s_min over the singular values of the (centered) data that basis's rank rule
+    keeps, ``s > max(d, n) * eps * max(s_max, sqrt(n) ||mean||)`` (1 for zero data).
+
+    A tiny singular value (an offset of 1e-9 makes one) counts: the thin SVD keeps it while
+    the float64 squared routes, as documented, resolve only down to about 1e-8 * s_max.
+    """
+    d, n = x_np.shape
+    mean = x_np.mean(axis=1, keepdims=True)
+    y = x_np - mean if center else x_np
+    s = np.linalg.svd(y, compute_uv=False)
+    s_ref = max(s[0], np.sqrt(n) * np.linalg.norm(mean) if center else 0.0, 1e-300)
+    s = s[s > max(d, n) * np.finfo(np.float64).eps * s_ref]
+    return s[0] / s[-1] if s.size else 1.0

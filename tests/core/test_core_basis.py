@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import share_core as sc
-from core_testing import BY_NAME, TOL, low_rank, matrices, orthonormal, projector, rel
+from core_testing import BY_NAME, TOL, condition, low_rank, matrices, orthonormal, projector, rel
 from share_core._basis import basis_with_route
 
 ROUTES = ["auto", "svd", "gram", "covariance"]
@@ -81,28 +81,12 @@ def test_error_never_increases_with_k(backend, dtype, data, center):
     assert errors[-1] < TOL[dtype]
 
 
-def _condition(x_np, center):
-    """s_max / s_min over the singular values of the (centered) data that basis's rank rule
-    keeps, ``s > max(d, n) * eps * max(s_max, sqrt(n) ||mean||)`` (1 for zero data).
-
-    A tiny singular value (an offset of 1e-9 makes one) counts: the thin SVD keeps it while
-    the float64 squared routes, as documented, resolve only down to about 1e-8 * s_max.
-    """
-    d, n = x_np.shape
-    mean = x_np.mean(axis=1, keepdims=True)
-    y = x_np - mean if center else x_np
-    s = np.linalg.svd(y, compute_uv=False)
-    s_ref = max(s[0], np.sqrt(n) * np.linalg.norm(mean) if center else 0.0, 1e-300)
-    s = s[s > max(d, n) * np.finfo(np.float64).eps * s_ref]
-    return s[0] / s[-1] if s.size else 1.0
-
-
 @settings(max_examples=15, deadline=None)
 @given(data=matrices(offset=True), center=st.booleans())
 def test_every_route_spans_the_same_subspace(backend, dtype, data, center):
     """On well-conditioned data; the squared routes lose accuracy as eps * kappa**2 (see basis)."""
     x_np, _ = data
-    assume(_condition(x_np, center) <= 10)
+    assume(condition(x_np, center) <= 10)
     x = backend.asarray(x_np, dtype)
     projectors = {m: projector(backend.to_numpy(sc.basis(x, center=center, method=m)[0])) for m in ROUTES}
     for method in ROUTES[1:]:
@@ -114,7 +98,7 @@ def test_every_route_spans_the_same_subspace(backend, dtype, data, center):
 def test_numpy_and_torch_give_the_same_projector(dtype, data, center):
     """Where the subspace is determined to the tolerance (its error grows as eps * kappa)."""
     x_np, _ = data
-    assume(_condition(x_np, center) <= 100)
+    assume(condition(x_np, center) <= 100)
     results = []
     for name in ("numpy", "torch"):
         backend = BY_NAME[name]

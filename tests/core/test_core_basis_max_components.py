@@ -8,21 +8,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import share_core as sc
-from core_testing import TOL, low_rank, matrices, projector, rel
+from core_testing import TOL, condition, low_rank, matrices, projector, rel
 from share_core._basis import basis_with_route
 
 ROUTES = ["auto", "svd", "gram", "covariance"]
-
-
-def _condition(x_np, center):
-    """s_max / s_min over the singular values basis's rank rule keeps (as in test_core_basis)."""
-    d, n = x_np.shape
-    mean = x_np.mean(axis=1, keepdims=True)
-    y = x_np - mean if center else x_np
-    s = np.linalg.svd(y, compute_uv=False)
-    s_ref = max(s[0], np.sqrt(n) * np.linalg.norm(mean) if center else 0.0, 1e-300)
-    s = s[s > max(d, n) * np.finfo(np.float64).eps * s_ref]
-    return s[0] / s[-1] if s.size else 1.0
 
 
 @pytest.mark.parametrize("method", ROUTES)
@@ -61,7 +50,7 @@ def test_reconstruction_stays_exact_when_max_components_reaches_the_rank(backend
     # offset is subnormal in float32, and no route reconstructs that exactly)
     x_np, _ = draw.draw(matrices(offset=center))
     if method in ("gram", "covariance"):  # forced squared routes resolve s down to ~1e-8 s_max only
-        assume(_condition(x_np, center) <= 1e3)
+        assume(condition(x_np, center) <= 1e3)
     x = backend.asarray(x_np, dtype)
     q = sc.basis(x, center=center, method=method)[1].shape[0]
     u, energies, mean = sc.basis(x, center=center, method=method, max_components=max(q, 1) + extra)
