@@ -1,6 +1,6 @@
 """The lorashare checkpoint on disk, and plain PEFT adapter folders written from tensors.
 
-Layout (format version 3; versions 1 and 2 are read too)::
+Layout (format version 3, or 4 for mixed int8/int4 storage; versions 1 and 2 are read too)::
 
     checkpoint/
       share_config.json              # format version, method, adapters, k per group, stats, and the
@@ -20,7 +20,9 @@ adapter's meta holds its own PEFT config.
 
 With ``options.dtype`` "int8", the two safetensors files of basis and loadings hold their
 tensors as I8 plus one F32 tensor "int8_scales" with a scale per column (see :mod:`share_hf._quant`);
-in memory they are float32 on that grid.
+in memory they are float32 on that grid. With ``options.dtype`` "mixed" (format 4) a group side's last
+``int4`` basis columns (its ``"int4"`` count in share_config.json) are stored apart, packed two numbers per
+byte, as ``U8`` tensor "<module>.<side>.basis4" (ceil(d / 2), int4); the leading ones stay in "basis".
 
 Everything is written through one atomic-folder helper: a checkpoint appears whole or not at all,
 and an existing one is replaced only after its successor is complete. Reading checks the files
@@ -63,7 +65,7 @@ from share_hf._io import (
     safetensors_nbytes,
     save_safetensors,
 )
-from share_hf._quant import SCALES_KEY, decode, encode, scales_problems
+from share_hf._quant import INT4_CODE, SCALES_KEY, decode, encode, scales_problems
 from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 __all__ = [
@@ -83,8 +85,11 @@ __all__ = [
 # 3: int8 storage; basis and loadings tensors keyed by group index; per-module figures of adapter_meta.json
 #    as lists in group order (objects keyed by the module's full name cost about 6 KB per adapter on
 #    roberta-base); a PEFT config several adapters share written once, in share_config.json
-FORMAT_VERSION = 3
+# 4: mixed storage: int8 basis columns, then int4 ones ("int4" per group side; "<module>.<side>.basis4")
+FORMAT_VERSION = 4
 INT8 = "int8"  # options.dtype of int8 storage (format 3)
+MIXED = "mixed"  # options.dtype of int8 + int4 storage (format 4)
+MIXED_FORMAT = 4  # the oldest format that holds it: other checkpoints are still written as format 3
 _PER_MODULE_KEYS = ("ranks", "scales", "dw_error", "dw_norm")  # adapter_meta.json figures per module
 
 CONFIG_FILE = "share_config.json"
@@ -138,6 +143,7 @@ class _Side:
     centered: bool
     d: int
     form: str = "loadings"  # the group's per-adapter storage: "loadings" or "core"
+    int4: int = 0  # trailing basis columns stored in int4 (mixed storage)
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -166,13 +172,19 @@ def _is_dtype_name(value: object) -> bool:
 
 
 def _is_storage_name(value: object) -> bool:
-    """An options.dtype: a float dtype name, or "int8"."""
-    return _is_dtype_name(value) or value == INT8
+    """An options.dtype: a float dtype name, "int8" or "mixed"."""
+    return _is_dtype_name(value) or value in (INT8, MIXED)
 
 
-def _is_int8(config: Mapping) -> bool:
+def _is_quantized(config: Mapping) -> bool:
+    """int8 or mixed storage: I8 (and U8) tensors plus a scales tensor in each file."""
     options = config.get("options")
-    return isinstance(options, dict) and options.get("dtype") == INT8
+    return isinstance(options, dict) and options.get("dtype") in (INT8, MIXED)
+
+
+def _is_mixed(config: Mapping) -> bool:
+    options = config.get("options")
+    return isinstance(options, dict) and options.get("dtype") == MIXED
 
 
 def _is_error(value: object) -> bool:
@@ -257,8 +269,13 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
             problems.append(
                 f"{where}: {side}.stacked_columns must be an integer >= 0, found {spec['stacked_columns']!r}"
             )
+        int4 = spec.get("int4", 0)
+        if not _is_int(int4, 0) or (_is_int(spec.get("k"), 0) and int4 > spec["k"]):
+            problems.append(f"{where}: {side}.int4 must be an integer from 0 to k={spec.get('k')!r} (basis "
+                            f"columns stored in int4), found {int4!r}")
+            bad.append("int4")
         if not bad and _is_int(group.get(dim), 1) and form is not None:
-            sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim], form=form)
+            sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim], form=form, int4=int4)
     if form == "core" and any(s.centered for s in sides.values()):
         problems.append(f"{where}: per_adapter 'core' cannot have a centered side (cores need uncentered bases)")
         sides = {}
@@ -271,7 +288,8 @@ def _options_problems(options: object) -> list[str]:
         return [f"{where} must be an object, found {type(options).__name__}"]
     problems = []
     if "dtype" in options and not _is_storage_name(options["dtype"]):
-        problems.append(f"{where}.dtype must be one of {sorted([*FLOAT_DTYPE_NAMES, INT8])}, found {options['dtype']!r}")
+        problems.append(f"{where}.dtype must be one of {sorted([*FLOAT_DTYPE_NAMES, INT8, MIXED])}, "
+                        f"found {options['dtype']!r}")
     k = options.get("num_components")
     if not (k == "auto" or _is_int(k, 1)):
         found = repr(k) if "num_components" in options else "nothing"
@@ -316,11 +334,11 @@ def _stats_problems(stats: object, names: Sequence[str] | None) -> list[str]:
 
 
 def _storage_code(config: Mapping, *, on_disk: bool) -> str | None:
-    """The safetensors dtype code options.dtype asks for, when it names a valid dtype. int8 storage
-    is I8 on disk and float32 (on the int8 grid) in memory."""
+    """The safetensors dtype code options.dtype asks for, when it names a valid dtype. int8 and mixed
+    storage is I8 on disk (int4 columns, U8, are checked apart) and float32 (on the grid) in memory."""
     options = config.get("options")
     dtype = options.get("dtype") if isinstance(options, dict) else None
-    if dtype == INT8:
+    if dtype in (INT8, MIXED):
         return "I8" if on_disk else "F32"
     return _CODES[dtype] if _is_dtype_name(dtype) else None
 
@@ -332,8 +350,12 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
     against them, and only the problem with 'groups' itself is reported (not one per tensor)."""
     problems = [f"{CONFIG_FILE} lacks the required key {key!r}" for key in _REQUIRED_KEYS if key not in config]
     problems += _format_version_problems(config)
-    if _is_int8(config) and _is_int(config.get("format_version"), 1) and config["format_version"] < 3:
-        problems.append(f"{CONFIG_FILE}: options.dtype 'int8' needs format_version 3, found {config['format_version']}")
+    version = config.get("format_version")
+    if _is_quantized(config) and _is_int(version, 1):
+        dtype, oldest = (MIXED, MIXED_FORMAT) if _is_mixed(config) else (INT8, 3)
+        if version < oldest:
+            problems.append(f"{CONFIG_FILE}: options.dtype {dtype!r} needs format_version {oldest} or later, "
+                            f"found {version}")
     unknown = sorted(set(config) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
     if "method" in config and config["method"] != "share":
         problems.append(f"{CONFIG_FILE}: method must be 'share', found {config['method']!r}")
@@ -363,6 +385,10 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
     for module, group in groups.items():
         parsed[module], group_problems = _parse_group(module, group)
         problems += group_problems
+    if not _is_mixed(config):
+        problems += [f"{CONFIG_FILE}: group {m!r}: {side}.int4 is {s.int4}, but int4 basis columns exist only "
+                     f"in mixed storage (options.dtype {MIXED!r})"
+                     for m, sides in parsed.items() for side, s in sides.items() if s.int4]
     return problems, unknown, names, parsed
 
 
@@ -607,21 +633,49 @@ def _header_or_problem(path: Path, problems: list[str]) -> _Specs | None:
         return None
 
 
-def _unscaled(specs: _Specs | None, where: str, config: Mapping, problems: list[str]) -> _Specs | None:
-    """A file header as in memory: without its int8 scales tensor (checked here) for int8 storage, and with
-    format 3's group-index keys named by module."""
+def _unscaled(specs: _Specs | None, where: str, config: Mapping, problems: list[str],
+              groups: Mapping[str, dict[str, _Side]] | None = None) -> _Specs | None:
+    """A file header as in memory: without its int8 scales tensor (checked here) for int8 storage, with
+    format 3's group-index keys named by module, and (mixed storage) each side's int4 basis columns
+    (checked here) counted in its basis, as one (d, k) tensor."""
     if specs is None:
         return None
-    if _is_int8(config):
+    if _is_quantized(config):
         problems += scales_problems(specs, where)
         specs = {k: v for k, v in specs.items() if k != SCALES_KEY}
-    return _keys_from_file(specs, _indexed_groups(config))
+    specs = _keys_from_file(specs, _indexed_groups(config))
+    if _is_mixed(config) and groups is not None:
+        for module, sides in groups.items():
+            for side, s in sides.items():
+                if s.int4:
+                    _merge_int4_spec(specs, f"{module}.{side}.basis", s, where, problems)
+    return specs
+
+
+def _merge_int4_spec(specs: _Specs, key: str, side: _Side, where: str, problems: list[str]) -> None:
+    """Fold the header entry of `key`'s int4 columns into its own, when both are as share_config.json says."""
+    packed, want = specs.get(key + "4"), ((side.d + 1) // 2, side.int4)
+    if packed is None:
+        problems.append(f"{where} lacks tensor {key + '4'!r} (its last {side.int4} basis columns in int4, "
+                        f"{INT4_CODE} shape {list(want)})")
+        return
+    bad = [f"has shape {list(packed[0])}, expected {list(want)}"] if tuple(packed[0]) != want else []
+    bad += [f"is stored as {packed[1]}, expected {INT4_CODE} (two int4 numbers per byte)"] if packed[1] != INT4_CODE else []
+    if bad:
+        problems.append(f"{where}: tensor {key + '4'!r} " + " and ".join(bad))
+        return
+    del specs[key + "4"]
+    if key in specs:
+        shape, code = specs[key]
+        if len(shape) == 2 and shape[0] == side.d:
+            specs[key] = ((side.d, shape[1] + side.int4), code)
 
 
 # Format 3 keys the tensors of shared_components.safetensors and loadings.safetensors by the module's index
 # in share_config.json's groups ("12.lora_A.basis" for "<module>.lora_A.basis"): a full module name is
 # 60-70 bytes in every safetensors header entry, for every adapter.
-_TENSOR_SUFFIXES = (".lora_A.basis", ".lora_B.basis", ".lora_A.mean", ".lora_B.mean", ".lora_A", ".lora_B", ".core")
+_TENSOR_SUFFIXES = (".lora_A.basis", ".lora_B.basis", ".lora_A.basis4", ".lora_B.basis4", ".lora_A.mean", ".lora_B.mean",
+                    ".lora_A", ".lora_B", ".core")
 
 
 def _indexed_groups(config: Mapping) -> list[str] | None:
@@ -657,15 +711,36 @@ def _keys_from_file(found: Mapping, modules: list[str] | None) -> dict:
     return out
 
 
+def _int4_columns(config: Mapping) -> dict[str, tuple[int, int]]:
+    """basis key -> (d, int4 columns) of every side with int4 columns (mixed storage)."""
+    if not _is_mixed(config):
+        return {}
+    return {f"{module}.{side}.basis": (group[dim], spec["int4"])
+            for module, group in config["groups"].items() for side, dim in _SIDES.items()
+            if (spec := group[side]).get("int4", 0)}
+
+
 def _to_file(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
-    """A basis or loadings file's tensors as written: group-index keys (format 3), int8 with scales (int8)."""
+    """A basis or loadings file's tensors as written: group-index keys (format 3), int8 with scales (int8),
+    trailing int4 basis columns apart and packed (mixed)."""
+    tensors = dict(tensors)
+    for key, (_, k4) in _int4_columns(config).items():
+        if key in tensors:
+            basis = tensors[key]
+            tensors[key], tensors[key + "4"] = basis[:, :basis.shape[1] - k4], basis[:, basis.shape[1] - k4:]
     keyed = _keys_to_file(tensors, _indexed_groups(config))
-    return encode(keyed) if _is_int8(config) else keyed
+    if not _is_quantized(config):
+        return keyed
+    return encode(keyed, int4=frozenset(k for k in keyed if k.endswith(".basis4")))
 
 
 def _from_file(tensors: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
     """The inverse of :func:`_to_file`, on a file checked by :func:`_inspect`."""
-    return _keys_from_file(decode(tensors) if _is_int8(config) else tensors, _indexed_groups(config))
+    out = _keys_from_file(decode(tensors) if _is_quantized(config) else tensors, _indexed_groups(config))
+    for key, (d, _) in _int4_columns(config).items():
+        if key + "4" in out:
+            out[key] = torch.cat([out[key], out.pop(key + "4")[:d]], dim=1)
+    return out
 
 
 def _meta_from_disk(meta: object, groups: Mapping | None, where: str, problems: list[str],
@@ -768,7 +843,8 @@ def _inspect(folder: Path, adapters: Sequence[str] | None) -> tuple[dict, list[s
     if selected is None:
         raise CheckpointError(_problem_report(f"checkpoint {folder}", problems))
     want = _storage_code(config, on_disk=True)
-    components = _unscaled(_header_or_problem(folder / COMPONENTS_FILE, problems), COMPONENTS_FILE, config, problems)
+    components = _unscaled(_header_or_problem(folder / COMPONENTS_FILE, problems), COMPONENTS_FILE, config, problems,
+                           groups)
     if components is not None:
         problems += _component_problems(groups, components, want)
     metas = {}

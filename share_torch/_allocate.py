@@ -11,6 +11,14 @@ exact arithmetic, before storage rounding and without refinement).
 The allocation is greedy on error removed per byte added: moves of +1 on one side or on both (the
 first components of one side help little while the other side is narrow, so a joint move is
 offered too).
+
+Mixed storage adds a precision per basis column: a new component enters in int4 (half the bytes of
+int8) and a later move may promote it to int8. Rounding a basis column p with relative squared error
+``delta_p`` (measured on the complete bases, per column and precision) costs about ``delta_p`` times the
+energy that column carries, so the table then predicts ``sum_{p, q} M[p, q] (1 - delta_B[p] - delta_A[q])``
+over the kept (p, q). With ``delta`` about 2e-2 in int4 and 5e-5 in int8, a column is worth promoting only
+where it carries far more energy than the next component would add; that is, int8 for the leading
+components and int4 for the tail, as rate-distortion theory would have it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -37,25 +45,41 @@ class GroupTable:
     prefix: torch.Tensor         # (q_B + 1, q_A + 1) float64: prefix[i, j] = sum of M[:i, :j]
     per_adapter: str             # "loadings" | "core" | "auto"
     centered: bool = False
+    noise_b: torch.Tensor | None = None  # mixed storage: (2, q_B) relative squared rounding error per basis
+    noise_a: torch.Tensor | None = None  # column, row 0 in int8, row 1 in int4 (None: not mixed)
 
     @property
     def q(self) -> tuple[int, int]:
         return int(self.prefix.shape[0]) - 1, int(self.prefix.shape[1]) - 1
 
-    def captured(self, kb: int, ka: int) -> float:
-        return float(self.prefix[kb, ka])
+    @property
+    def mixed(self) -> bool:
+        return self.noise_b is not None
+
+    def captured(self, kb: int, ka: int, kb4: int = 0, ka4: int = 0) -> float:
+        """Weighted squared dW captured by the leading (k_B, k_A) components, the last (kb4, ka4) of each side in
+        int4 (mixed storage: less each column's rounding error; otherwise exact)."""
+        if self.noise_b is None or self.noise_a is None:
+            return float(self.prefix[kb, ka])
+        db = torch.cat([self.noise_b[0, :kb - kb4], self.noise_b[1, kb - kb4:kb]])
+        da = torch.cat([self.noise_a[0, :ka - ka4], self.noise_a[1, ka - ka4:ka]])
+        rows = self.prefix[1:kb + 1, ka] - self.prefix[:kb, ka]  # what each kept B column carries
+        cols = self.prefix[kb, 1:ka + 1] - self.prefix[kb, :ka]
+        return float(self.prefix[kb, ka] - db @ rows - da @ cols)
 
     @property
     def total(self) -> float:
         return float(self.prefix[-1, -1])
 
-    def nbytes(self, kb: int, ka: int, itemsize: int) -> int:
-        """Bytes of this group at (k_B, k_A), in the cheaper per-adapter form when allowed: tensor payload
-        plus an estimate of each tensor's safetensors header entry (two per adapter for loadings, one for a
-        core), so that switching forms is priced right with many adapters."""
+    def nbytes(self, kb: int, ka: int, itemsize: int, kb4: int = 0, ka4: int = 0) -> int:
+        """Bytes of this group at (k_B, k_A) (the last (kb4, ka4) basis columns in int4), in the cheaper
+        per-adapter form when allowed: tensor payload plus an estimate of each tensor's safetensors header
+        entry (two per adapter for loadings, one for a core), so that switching forms is priced right with
+        many adapters."""
         entry = len(self.module) + _HEADER_ENTRY
         scale = 4 if itemsize == 1 else 0  # int8 storage: one float32 scale per column of each tensor
-        basis = (self.d_out * kb + self.d_in * ka) * itemsize + (kb + ka) * scale
+        basis = (self.d_out * (kb - kb4) + self.d_in * (ka - ka4)) * itemsize + (kb + ka) * scale
+        basis += (self.d_out + 1) // 2 * kb4 + (self.d_in + 1) // 2 * ka4 + _HEADER_ENTRY * ((kb4 > 0) + (ka4 > 0))
         loadings = sum(self.ranks) * ((kb + ka) * itemsize + 2 * scale) + 2 * entry * len(self.ranks)
         if self.centered or self.per_adapter == "loadings" or kb == 0 or ka == 0:
             return basis + loadings
@@ -64,74 +88,130 @@ class GroupTable:
 
 
 def gain_table(module: str, d_out: int, d_in: int, ranks: Sequence[int], cores_squared: torch.Tensor,
-               per_adapter: str) -> GroupTable:
-    """Prefix sums of ``M`` (q_B, q_A): the weighted squared cores summed over adapters."""
+               per_adapter: str, noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> GroupTable:
+    """Prefix sums of ``M`` (q_B, q_A): the weighted squared cores summed over adapters; with mixed storage,
+    `noise` gives each side's (2, q) relative squared rounding errors per column (int8, int4)."""
     m = cores_squared.to("cpu", torch.float64)
     prefix = torch.zeros(m.shape[0] + 1, m.shape[1] + 1, dtype=torch.float64)
     prefix[1:, 1:] = m.cumsum(0).cumsum(1)
-    return GroupTable(module, d_out, d_in, list(ranks), prefix, per_adapter)
+    noise_b, noise_a = (None, None) if noise is None else (x.to("cpu", torch.float64) for x in noise)
+    return GroupTable(module, d_out, d_in, list(ranks), prefix, per_adapter, noise_b=noise_b, noise_a=noise_a)
 
 
-def _start(table: GroupTable) -> tuple[int, int]:
+State = tuple[int, int, int, int]  # (k_B, k_A, int4 columns of B, int4 columns of A)
+
+
+def _start(table: GroupTable, int4: bool) -> State:
     qb, qa = table.q
-    return min(1, qb), min(1, qa)
+    kb, ka = min(1, qb), min(1, qa)
+    return (kb, ka, kb, ka) if int4 else (kb, ka, 0, 0)  # with int4: a new component enters in int4
 
 
-def _best_move(table: GroupTable, kb: int, ka: int, itemsize: int) -> tuple[float, int, int, float, int] | None:
-    """(-gain per byte, new kb, new ka, gain, added bytes) of the best next move, or None at full rank."""
+def _moves(table: GroupTable, state: State, int4: bool) -> list[State]:
+    kb, ka, kb4, ka4 = state
     qb, qa = table.q
-    here_bytes, here = table.nbytes(kb, ka, itemsize), table.captured(kb, ka)
+    grow = [(nb, na) for nb, na in ((kb + 1, ka), (kb, ka + 1), (kb + 1, ka + 1)) if nb <= qb and na <= qa]
+    if not int4:
+        return [(nb, na, kb4, ka4) for nb, na in grow]
+    moves = [(nb, na, kb4 + nb - kb, ka4 + na - ka) for nb, na in grow]
+    if kb4:
+        moves.append((kb, ka, kb4 - 1, ka4))  # promote the leading int4 column of B to int8
+    if ka4:
+        moves.append((kb, ka, kb4, ka4 - 1))
+    return moves
+
+
+def _best_move(table: GroupTable, state: State, itemsize: int, int4: bool,
+               room: float = math.inf) -> tuple[float, State, float, int] | None:
+    """(-gain per byte, new state, gain, added bytes) of the best next move costing at most `room` bytes, or
+    None when none is left."""
+    here_bytes, here = _nbytes(table, state, itemsize), table.captured(*state)
     best = None
-    for nb, na in ((kb + 1, ka), (kb, ka + 1), (kb + 1, ka + 1)):
-        if nb > qb or na > qa:
+    for new in _moves(table, state, int4):
+        cost = _nbytes(table, new, itemsize) - here_bytes
+        if cost > room:
             continue
-        gain = table.captured(nb, na) - here
-        cost = table.nbytes(nb, na, itemsize) - here_bytes
+        gain = table.captured(*new) - here
         key = -gain / cost if cost > 0 else -math.inf  # cheaper and better (a group switching to cores)
         if best is None or key < best[0]:
-            best = (key, nb, na, gain, cost)
+            best = (key, new, gain, cost)
     return best
 
 
 def allocate(tables: Sequence[GroupTable], *, itemsize: int, num_adapters: int, budget: int | None = None,
-             max_error: float | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
-    """Greedy (k_B, k_A) per module under a byte budget (tensor payload) or a predicted error target.
+             max_error: float | None = None, int4: bool | None = None) -> tuple[dict[str, State], dict[str, float]]:
+    """Greedy (k_B, k_A) per module (and, in mixed storage, how many of them in int4) under a byte budget
+    (tensor payload) or a predicted error target.
 
     With `max_error`, the greedy stops once the predicted mean squared relative dW error over adapters
-    reaches ``max_error**2`` (the caller checks every adapter's actual error afterwards).
+    reaches ``max_error**2`` (the caller checks every adapter's actual error afterwards). In mixed storage the
+    greedy runs twice, with int4 columns and with int8 ones only, and the better result is kept (a greedy
+    with more choices is not always better); `int4` True or False runs only that one.
 
     Returns:
-        ``{module: (k_B, k_A)}`` and figures: ``"payload"`` bytes, ``"predicted_rms_error"``.
+        ``{module: (k_B, k_A, int4 columns of B, int4 columns of A)}`` and figures: ``"payload"`` bytes,
+        ``"predicted_rms_error"``.
     """
-    state = {t.module: _start(t) for t in tables}
+    mixed = bool(tables) and tables[0].mixed
+    choices = ((True, False) if mixed else (False,)) if int4 is None else (int4 and mixed,)
+    # int8 columns only: the tables as int8 storage has them (no rounding terms), so the same allocation
+    plain = [replace(t, noise_b=None, noise_a=None) for t in tables]
+    runs = [_greedy(tables if choice else plain, itemsize, num_adapters, budget, max_error, choice)
+            for choice in choices]
+    if budget is not None:  # (a run's starting point may already be over a budget as small as the int4 floor)
+        runs = [r for r in runs if r[1] <= budget] or runs
+    if max_error is not None:  # the cheapest run that reaches the target, else the closest
+        target = max_error ** 2 * num_adapters
+        state, payload, residual = min(runs, key=lambda r: (r[2] > target, r[1] if r[2] <= target else r[2]))
+    else:
+        state, payload, residual = min(runs, key=lambda r: r[2])
+    rms = (max(residual, 0.0) / num_adapters) ** 0.5 if num_adapters else 0.0
+    return state, {"payload": payload, "predicted_rms_error": rms}
+
+
+def _greedy(tables: Sequence[GroupTable], itemsize: int, num_adapters: int, budget: int | None,
+            max_error: float | None, int4: bool) -> tuple[dict[str, State], int, float]:
+    state = {t.module: _start(t, int4) for t in tables}
     by_name = {t.module: t for t in tables}
-    payload = sum(t.nbytes(*state[t.module], itemsize) for t in tables)
+    payload = sum(_nbytes(t, state[t.module], itemsize) for t in tables)
     residual = sum(t.total - t.captured(*state[t.module]) for t in tables)
     target = None if max_error is None else (max_error ** 2) * num_adapters
     heap = []
     for t in tables:
-        move = _best_move(t, *state[t.module], itemsize)
+        move = _best_move(t, state[t.module], itemsize, int4)
         if move is not None:
             heapq.heappush(heap, (move[0], t.module, move))
     while heap:
         if target is not None and residual <= target:
             break
-        _, module, (_, nb, na, gain, cost) = heapq.heappop(heap)
+        _, module, (_, new, gain, cost) = heapq.heappop(heap)
         if budget is not None and payload + cost > budget:
-            continue  # this group's next step does not fit; others (cheaper) may
-        state[module] = (nb, na)
+            # this move no longer fits: the group's best move that does (a cheaper one) may, else it is done
+            move = _best_move(by_name[module], state[module], itemsize, int4, room=budget - payload)
+            if move is not None:
+                heapq.heappush(heap, (move[0], module, move))
+            continue
+        state[module] = new
         payload += cost
         residual -= gain
-        move = _best_move(by_name[module], nb, na, itemsize)
+        move = _best_move(by_name[module], new, itemsize, int4)
         if move is not None:
             heapq.heappush(heap, (move[0], module, move))
-    rms = (max(residual, 0.0) / num_adapters) ** 0.5 if num_adapters else 0.0
-    return state, {"payload": payload, "predicted_rms_error": rms}
+    return state, payload, residual
+
+
+def _nbytes(table: GroupTable, state: State, itemsize: int) -> int:
+    return table.nbytes(*state[:2], itemsize, *state[2:])
+
+
+def full_state(table: GroupTable) -> State:
+    """Every component, all in int8 (the most a group can store)."""
+    return (*table.q, 0, 0)
 
 
 def smallest_payload(tables: Sequence[GroupTable], itemsize: int) -> int:
-    return sum(t.nbytes(*_start(t), itemsize) for t in tables)
+    return sum(_nbytes(t, _start(t, t.mixed), itemsize) for t in tables)
 
 
 def full_payload(tables: Sequence[GroupTable], itemsize: int) -> int:
-    return sum(t.nbytes(*t.q, itemsize) for t in tables)
+    return sum(_nbytes(t, full_state(t), itemsize) for t in tables)

@@ -18,9 +18,13 @@ import torch
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
 
-from ._allocate import MAX_COMPONENTS, GroupTable, allocate, full_payload, gain_table, smallest_payload
+from share_hf._quant import fake_quantize
+
+from ._allocate import MAX_COMPONENTS, GroupTable, allocate, full_payload, full_state, gain_table, smallest_payload
 from ._compress import (
+    MIXED,
     SIDES,
+    Storage,
     Folds,
     ModuleResult,
     Reader,
@@ -31,6 +35,7 @@ from ._compress import (
     project_pair,
     refine,
     select,
+    storage_itemsize,
 )
 
 logger = logging.getLogger("lorashare")
@@ -44,7 +49,7 @@ class Plan:
     threshold: float | None
     center: bool
     chunk_size: int | None
-    store_dtype: torch.dtype
+    store_dtype: Storage
     per_adapter: str = "loadings"
     refine_steps: int = 0
     target_ratio: float | None = None
@@ -64,14 +69,15 @@ def dw_norm_squared(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan,
                     fits_of: Callable[[str, Folds], dict], kk_of: Callable[[str, dict], dict[str, int]],
-                    wrap: Callable) -> dict[str, ModuleResult]:
+                    wrap: Callable, int4_of: Callable[[str], dict[str, int]] | None = None) -> dict[str, ModuleResult]:
     results = {}
     for module in wrap(modules):
         folds = Folds(module, sources, read, plan.chunk_size)
         fits = fits_of(module, folds)
         results[module] = finish_module(module, sources, folds, fits, kk_of(module, fits),
                                         per_adapter=plan.per_adapter, refine_steps=plan.refine_steps,
-                                        store_dtype=plan.store_dtype)
+                                        store_dtype=plan.store_dtype,
+                                        int4=None if int4_of is None else int4_of(module))
     return results
 
 
@@ -110,21 +116,30 @@ def _tables(modules, sources, read, plan, wrap) -> tuple[dict[str, dict], list[G
                 c = (u.mT @ b) @ (a @ v)
                 m += weights[src.name] * (c.to(torch.float64) ** 2)
         info = sources[0].modules[module]
+        noise = (rounding_noise(u), rounding_noise(v)) if plan.store_dtype == MIXED else None
         tables.append(gain_table(module, info.d_out, info.d_in, [s.modules[module].rank for s in sources], m,
-                                 plan.per_adapter))
+                                 plan.per_adapter, noise))
     return fits_by_module, tables
+
+
+def rounding_noise(basis: torch.Tensor) -> torch.Tensor:
+    """(2, k): each column's relative squared rounding error in int8 (row 0) and int4 (row 1)."""
+    x = basis.to("cpu", torch.float32)
+    norms = torch.sum(x * x, dim=0).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.stack([torch.sum((x - fake_quantize(x, bits)) ** 2, dim=0) / norms for bits in (8, 4)])
 
 
 def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
     fits_by_module, tables = _tables(modules, sources, read, plan, wrap)
-    itemsize = torch.empty((), dtype=plan.store_dtype).element_size()
+    itemsize = storage_itemsize(plan.store_dtype)
     n = len(sources)
     original = sum(s.file_bytes for s in sources)
 
-    def build(state: dict[str, tuple[int, int]], how: Plan = plan) -> dict[str, ModuleResult]:
+    def build(state: dict[str, tuple[int, int, int, int]], how: Plan = plan) -> dict[str, ModuleResult]:
         return _module_results(modules, sources, read, how, lambda m, folds: fits_by_module[m],
                                lambda m, fits: {"lora_B": state[m][0], "lora_A": state[m][1]},
-                               lambda items: wrap(items, "projecting"))
+                               lambda items: wrap(items, "projecting"),
+                               lambda m: {"lora_B": state[m][2], "lora_A": state[m][3]})
 
     if plan.target_ratio is not None:
         budget_total = int(original / plan.target_ratio)
@@ -139,29 +154,44 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                 f"({original / smallest:.2f}x smaller than the {original:,} bytes of the adapters); "
                 f"fix: ask for target_ratio <= {original / smallest:.2f}"
                 + (", or store in a smaller dtype (dtype='bfloat16' or 'int8')" if itemsize > 2 else
-                   ", or store in int8 (dtype='int8')" if itemsize == 2 else ""))
+                   ", or store in int8 (dtype='int8')" if itemsize == 2 else
+                   ", or let basis columns go to int4 (dtype='mixed')" if plan.store_dtype != MIXED else ""))
         overhead = smallest - floor
-        for attempt in range(6):
-            state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - overhead)
-            results = build(state, search)
-            written = measure(results)
-            if written <= budget_total:
-                break
-            # JSON and headers grew with the allocation: leave more room, more each time, so it converges
-            overhead += (written - budget_total) * 2 ** attempt + 64
-        else:
-            raise InvalidArgumentError(
-                f"could not meet target_ratio={plan.target_ratio:g}: the last try wrote {written:,} bytes "
-                f"against a budget of {budget_total:,}; fix: ask for a slightly smaller target_ratio")
-        if plan.refine_steps:
-            refined = build(state)
-            if measure(refined) <= budget_total:  # its JSON figures may print a few bytes longer
-                results = refined
+
+        def meet(int4: bool | None) -> tuple[dict[str, ModuleResult], dict]:
+            room = overhead
+            for attempt in range(6):
+                state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, budget=budget_total - room,
+                                          int4=int4)
+                results = build(state, search)
+                written = measure(results)
+                if written <= budget_total:
+                    break
+                # JSON and headers grew with the allocation: leave more room, more each time, so it converges
+                room += (written - budget_total) * 2 ** attempt + 64
             else:
-                logger.info("refined bases would overshoot target_ratio=%g by their JSON figures: kept the PCA "
-                            "bases", plan.target_ratio)
-        if figures["payload"] >= ceiling:
-            logger.info("target_ratio=%g leaves room for every component: the compression is exact", plan.target_ratio)
+                raise InvalidArgumentError(
+                    f"could not meet target_ratio={plan.target_ratio:g}: the last try wrote {written:,} bytes "
+                    f"against a budget of {budget_total:,}; fix: ask for a slightly smaller target_ratio")
+            if plan.refine_steps:
+                refined = build(state)
+                if measure(refined) <= budget_total:  # its JSON figures may print a few bytes longer
+                    results = refined
+                else:
+                    logger.info("refined bases would overshoot target_ratio=%g by their JSON figures: kept the PCA "
+                                "bases", plan.target_ratio)
+            if figures["payload"] >= ceiling:
+                logger.info("target_ratio=%g leaves room for every component: the compression is exact",
+                            plan.target_ratio)
+            return results, figures
+
+        if plan.store_dtype == MIXED:
+            # the tables predict before refinement, which can favour int8 columns (more room to refine): build
+            # both allocations and keep the one whose measured errors are lower
+            tries = [meet(True), meet(False)]
+            results, figures = min(tries, key=lambda t: _mean(_adapter_errors(t[0])))
+        else:
+            results, figures = meet(None)
         return Built(results, {"target_ratio": plan.target_ratio, "budget_bytes": budget_total,
                                "predicted_rms_error": figures["predicted_rms_error"]})
 
@@ -172,7 +202,7 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
         worst = max(_adapter_errors(results).values())
         if worst <= plan.max_error:
             break
-        at_full = all(state[t.module] == t.q for t in tables)
+        at_full = all(state[t.module] == full_state(t) for t in tables)
         if at_full:
             logger.warning("max_error=%g is not reachable in %s storage: with every component kept the worst "
                            "adapter's dW error is %.3g (storage rounding); store in float32 to go lower",
@@ -181,6 +211,10 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
         target = target * min(0.9, plan.max_error / worst)
     return Built(results, {"max_error": plan.max_error, "predicted_rms_error": figures["predicted_rms_error"],
                            "achieved_max_error": worst})
+
+
+def _mean(errors: dict[str, float]) -> float:
+    return sum(errors.values()) / len(errors)
 
 
 def _adapter_errors(results: dict[str, ModuleResult]) -> dict[str, float]:

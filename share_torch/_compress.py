@@ -29,6 +29,25 @@ from share_hf._quant import fake_quantize
 
 SIDES = ("lora_A", "lora_B")
 
+#: Storage "dtype" of mixed int8 + int4 storage: each group side's leading basis columns in int8, the rest in
+#: int4 (as many as the allocation chose); means, loadings and cores in int8.
+MIXED = "mixed"
+
+Storage = torch.dtype | str  # a torch dtype, or MIXED
+
+
+def storage_itemsize(storage: Storage) -> int:
+    """Bytes per stored number (int8 for mixed storage: its int4 columns are priced by the allocation)."""
+    return 1 if storage == MIXED else torch.empty((), dtype=storage).element_size()
+
+
+def int4_after(group_side: dict, k: int) -> int:
+    """A side's int4 columns once its basis has `k` columns: its int8 columns stay int8 (as many as still exist)."""
+    int4 = int(group_side.get("int4", 0))
+    if not int4:
+        return 0
+    return k - min(int(group_side["k"]) - int4, k)
+
 Folded = tuple[torch.Tensor, torch.Tensor]  # (A (r, d_in), B (d_out, r)) with sqrt(scale) folded into each
 
 
@@ -206,12 +225,17 @@ def select(fits: dict[str, SideFit], *, k: int | None, threshold: float | None) 
     return {side: core.select_k(fit.energies, k=k, variance_threshold=threshold) for side, fit in fits.items()}
 
 
-def store(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """`x` as stored: cast to `dtype`, or for int8 storage rounded to its int8 grid (kept as float32)."""
+def store(x: torch.Tensor | None, dtype: Storage, int4_columns: int = 0) -> torch.Tensor | None:
+    """`x` as stored: cast to `dtype`, or for int8 (and mixed) storage rounded to its int8 grid (kept as
+    float32), its last `int4_columns` columns to their int4 grid."""
     if x is None:
         return None
-    if dtype == torch.int8:
-        return fake_quantize(x.to("cpu")).contiguous()
+    if dtype == torch.int8 or dtype == MIXED:
+        x = x.to("cpu")
+        if int4_columns:
+            k8 = int(x.shape[1]) - int4_columns
+            return torch.cat([fake_quantize(x[:, :k8]), fake_quantize(x[:, k8:], bits=4)], dim=1).contiguous()
+        return fake_quantize(x).contiguous()
     return x.to("cpu", dtype).contiguous()
 
 
@@ -347,8 +371,11 @@ def _narrow(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, fits: dict[str, SideFit],
-                  kk: dict[str, int], *, per_adapter: str, refine_steps: int, store_dtype: torch.dtype) -> ModuleResult:
-    """Truncate (and optionally refine) one module's bases, project every adapter, store, measure dW errors."""
+                  kk: dict[str, int], *, per_adapter: str, refine_steps: int, store_dtype: Storage,
+                  int4: dict[str, int] | None = None) -> ModuleResult:
+    """Truncate (and optionally refine) one module's bases, project every adapter, store, measure dW errors.
+
+    With mixed storage, `int4` gives each side's basis columns stored in int4 (the last ones)."""
     out = ModuleResult(loadings={s.name: {} for s in sources})
     info = sources[0].modules[module]
     centered = fits["lora_A"].mean is not None
@@ -369,13 +396,18 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
     stored = {}
     for side in SIDES:
         fit = fits[side]
-        basis_s, mean_s = store(bases[side], store_dtype), store(fit.mean, store_dtype)
+        k4 = 0
+        if store_dtype == MIXED:  # refinement may have shrunk k: the int8 columns stay int8
+            k4 = int4_after({"k": kk[side], "int4": (int4 or {}).get(side, 0)}, int(bases[side].shape[1]))
+        basis_s, mean_s = store(bases[side], store_dtype, k4), store(fit.mean, store_dtype)
         out.components[f"{module}.{side}.basis"] = basis_s
         if mean_s is not None:
             out.components[f"{module}.{side}.mean"] = mean_s
         stored[side] = (basis_s, mean_s)
         out.group[side] = {"k": int(bases[side].shape[1]), "centered": centered, "rank": int(fit.energies.shape[0]),
                            "stacked_columns": fit.columns}
+        if k4:  # (mixed storage; absent means none)
+            out.group[side]["int4"] = k4
     captured = {side: 0.0 for side in SIDES}
     for chunk, folded in folds:
         pairs, rebuilt_pairs = [], []

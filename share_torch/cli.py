@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", default=None, help="one name per adapter (default: folder basenames)")
     p.add_argument("--center", action="store_true", help="subtract each group's mean before PCA (stored, added back)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64", "int8"],
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64", "int8", "mixed"],
                    help="storage dtype of basis and loadings (default: the adapters' own); int8: one byte per "
-                        "number plus a float32 scale per column")
+                        "number plus a float32 scale per column; mixed: int8, with the basis columns the "
+                        "allocation finds cheaper in int4 at half a byte (needs --target-ratio or --max-error)")
     p.add_argument("--layer-by-layer", action="store_true",
                    help="stream one layer group of all adapters at a time from the memory-mapped files "
                         "(peak memory: one group plus the output); same result")

@@ -25,7 +25,7 @@ from share_hf.adapters import AdapterSource, adapter_name_from_source, check_com
 from share_hf.checkpoint import (
     Checkpoint,
     checkpoint_nbytes,
-    FORMAT_VERSION,
+    MIXED_FORMAT,
     load_checkpoint,
     push_checkpoint_to_hub,
     save_checkpoint,
@@ -38,6 +38,7 @@ from ._build import Plan, compress_all
 from ._build import leave_one_out as leave_one_out_errors
 from ._compress import (
     FACTOR_FORMS,
+    MIXED,
     PER_ADAPTER_FORMS,
     SIDES,
     Reader,
@@ -48,6 +49,8 @@ from ._compress import (
     pooled,
     ratio,
     restore,
+    Storage,
+    int4_after,
     store,
 )
 from ._update import added_side, copy_checkpoint, drift, removed_side
@@ -73,17 +76,19 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, sources: Sequence[AdapterSource]) -> torch.dtype:
+def _resolve_dtype(dtype: str | torch.dtype | None, sources: Sequence[AdapterSource]) -> Storage:
     if dtype is None:
         found = {s.dtype for s in sources}
         return found.pop() if len(found) == 1 else torch.float32
+    if dtype == MIXED:
+        return MIXED
     if isinstance(dtype, torch.dtype):
         resolved = dtype
     else:
         resolved = getattr(torch, str(dtype), None)
     if resolved not in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8):
         raise InvalidArgumentError(
-            f"dtype must be one of float32, bfloat16, float16, float64, int8; found {dtype!r}"
+            f"dtype must be one of float32, bfloat16, float16, float64, int8, mixed; found {dtype!r}"
         )
     return resolved
 
@@ -179,7 +184,7 @@ def _assemble(sources: Sequence[AdapterSource], modules: Sequence[str], results:
         for src in sources:
             metas[src.name]["leave_one_out"] = leave_out[src.name]
     config = {
-        "format_version": FORMAT_VERSION,
+        "format_version": MIXED_FORMAT if options.get("dtype") == MIXED else 3,  # format 4 only where needed
         "library": "lorashare",
         "library_version": __version__,
         "method": "share",
@@ -270,9 +275,12 @@ class SHAREModel:
             variance_threshold: In (0, 1]; used when `num_components="auto"`.
             center: Subtract each group's mean column before PCA; the mean is stored and added back.
             device: `"cpu"` (default), `"cuda"`, `"cuda:1"` or `"auto"`: where the linear algebra runs.
-            dtype: Storage dtype of the basis and loadings: `"float32"`, `"bfloat16"`, `"float16"`, `"float64"` or
+            dtype: Storage dtype of the basis and loadings: `"float32"`, `"bfloat16"`, `"float16"`, `"float64"`,
                 `"int8"` (one byte per number plus a float32 scale per column: about 0.5% rounding error per
-                column, checkpoint format 3); default is the adapters' own dtype. Heads keep their own dtype.
+                column, checkpoint format 3) or `"mixed"` (int8, except the basis columns that the allocation
+                finds cheaper to keep in int4, half a byte per number with about 7% rounding error per column;
+                needs `target_ratio` or `max_error`; checkpoint format 4); default is the adapters' own dtype.
+                Heads keep their own dtype.
             layer_by_layer: Read one module group of all adapters at a time from the memory-mapped files
                 (peak memory: one group plus the output) instead of reading every adapter's factors up front.
                 Same result within floating-point tolerance.
@@ -331,6 +339,11 @@ class SHAREModel:
         ]
         check_compatible(sources)
         store_dtype = _resolve_dtype(dtype, sources)
+        if store_dtype == MIXED and target_ratio is None and max_error is None:
+            raise InvalidArgumentError(
+                "dtype='mixed' chooses int8 or int4 for each basis column to spend a byte budget or reach an error "
+                "target, so it needs target_ratio or max_error (CLI: --target-ratio, --max-error); with a fixed "
+                "num_components use dtype='int8'")
         compute_dtype = torch.float64 if store_dtype == torch.float64 else torch.float32
         target = (f"target_ratio={target_ratio:g}" if target_ratio is not None else
                   f"max_error={max_error:g}" if max_error is not None else f"k={num_components}")
@@ -604,8 +617,9 @@ class SHAREModel:
                 f"SHAREModel.from_pretrained(path) without adapters="
             )
 
-    def _dtypes(self) -> tuple[torch.dtype, torch.dtype]:
-        store_dtype = getattr(torch, self._ckpt.config["options"].get("dtype", "float32"))
+    def _dtypes(self) -> tuple[torch.dtype, Storage]:
+        name = self._ckpt.config["options"].get("dtype", "float32")
+        store_dtype = MIXED if name == MIXED else getattr(torch, name)
         return (torch.float64 if store_dtype == torch.float64 else torch.float32), store_dtype
 
     def _check_fits(self, src: AdapterSource) -> None:
@@ -729,13 +743,17 @@ class SHAREModel:
                 new_basis, new_mean, loads, energies = added_side(
                     old, basis, mean, columns([(a, b)], side)[0], k=int(group["k"]) if allocated else k,
                     threshold=None if allocated else threshold, update=update_basis)
-                work.components[f"{key}.basis"] = store(new_basis, store_dtype)
+                int4 = int4_after(group, int(new_basis.shape[1]))
+                work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
                 for n in names:
                     work.loadings[n][key] = store(loads[n], store_dtype)
                 work.loadings[name][key] = store(loads[None], store_dtype)
                 group["k"] = int(new_basis.shape[1])
+                group.pop("int4", None)
+                if int4:
+                    group["int4"] = int4
                 group["stacked_columns"] = int(group.get("stacked_columns", 0)) + src.modules[module].rank
                 if energies is not None:  # energies of old (as represented) and new data together
                     group["rank"] = int(energies.shape[0])
@@ -797,12 +815,16 @@ class SHAREModel:
                 mean = None if mean is None else mean.to(self.device, compute)
                 new_basis, new_mean, loads = removed_side(
                     {n: work.loadings[n][key].to(self.device, compute) for n in rest}, basis, mean)
-                work.components[f"{key}.basis"] = store(new_basis, store_dtype)
+                int4 = int4_after(group, int(new_basis.shape[1]))
+                work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
                 for n in rest:
                     work.loadings[n][key] = store(loads[n], store_dtype)
                 group["k"] = group["rank"] = int(new_basis.shape[1])
+                group.pop("int4", None)
+                if int4:
+                    group["int4"] = int4
                 group["stacked_columns"] = int(group.get("stacked_columns", 0)) - int(removed_meta["ranks"][module])
                 group["explained_variance"] = None  # the removed data's share is no longer known
             for n in rest:

@@ -40,6 +40,7 @@ from share_core.errors import (
     UnsupportedAdapterError,
 )
 from share_hf import WriteError
+from share_hf.checkpoint import FORMAT_VERSION
 from share_torch import SHAREModel
 
 from ._lab import (
@@ -427,9 +428,9 @@ def checkpoint_config_lacks_a_required_key(lab, d):
 
 def checkpoint_newer_format(lab, d):
     ckpt = _damaged_checkpoint(lab, d)
-    edit_json(ckpt / "share_config.json", lambda c: c.update(format_version=4))
+    edit_json(ckpt / "share_config.json", lambda c: c.update(format_version=FORMAT_VERSION + 1))
     return _from_checkpoint(ckpt, d, error=CheckpointError,
-                            needles=("format 4, written by a newer lorashare", "Fix: upgrade lorashare"))
+                            needles=(f"format {FORMAT_VERSION + 1}, written by a newer lorashare", "Fix: upgrade lorashare"))
 
 
 def checkpoint_name_escapes(lab, d):
