@@ -42,6 +42,7 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
             "d_in": g["d_in"], "d_out": g["d_out"],
             **{f"{key}_{side[-1]}": g[side].get(key) for side in ("lora_A", "lora_B")
                for key in ("k", "rank", "explained_variance")},
+            "int4_A": g["lora_A"].get("int4", 0), "int4_B": g["lora_B"].get("int4", 0),
             "per_adapter": g.get("per_adapter", "loadings"),
         })
     by_part: dict[str, int] = {}
@@ -104,6 +105,14 @@ def _target(opts: dict[str, Any]) -> str:
     return ""
 
 
+def _int4(stats: dict[str, Any]) -> str:
+    """How many basis columns mixed storage keeps in int4."""
+    if stats["options"].get("dtype") != "mixed":
+        return ""
+    int4 = sum(g["int4_A"] + g["int4_B"] for g in stats["groups"])
+    return f" ({int4} of {sum(g['k_A'] + g['k_B'] for g in stats['groups'])} basis columns in int4)"
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     """The human table for `summary()` and `lorashare info` (figures from :func:`build_summary`)."""
     opts = stats["options"]
@@ -113,7 +122,7 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"base model: {stats['base_model'] or '(not recorded)'}",
         f"options: num_components={opts.get('num_components')}"
         + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else "")
-        + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}",
+        + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}" + _int4(stats),
         f"factor form: {opts.get('factor_form', 'scaled')}, per adapter: {opts.get('per_adapter', 'loadings')}"
         + (f", refine steps: {opts['refine_steps']}" if opts.get("refine_steps") else "")
         + _target(opts),

@@ -253,6 +253,10 @@ def test_cli_compresses_to_mixed(wide_pool, tmp_path):
     assert "storage mixed" in done.stderr
     info = run("info", str(tmp_path / "ckpt"))
     assert info.returncode == 0 and "dtype=mixed" in info.stdout, info.stdout
+    config = json.loads((tmp_path / "ckpt" / "share_config.json").read_text())
+    int4 = sum(g[side].get("int4", 0) for g in config["groups"].values() for side in ("lora_A", "lora_B"))
+    k = sum(g[side]["k"] for g in config["groups"].values() for side in ("lora_A", "lora_B"))
+    assert f"({int4} of {k} basis columns in int4)" in info.stdout and int4 > 0
     back = run("reconstruct", str(tmp_path / "ckpt"), "--adapter", "w0", "-o", str(tmp_path / "w0"))
     assert back.returncode == 0, back.stderr
     assert torch.isfinite(_logits(tmp_path / "w0")).all()
