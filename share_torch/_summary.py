@@ -105,12 +105,13 @@ def _target(opts: dict[str, Any]) -> str:
     return ""
 
 
-def _int4(stats: dict[str, Any]) -> str:
-    """How many basis columns mixed storage keeps in int4."""
-    if stats["options"].get("dtype") != "mixed":
-        return ""
+def storage(stats: dict[str, Any]) -> str:
+    """The storage dtype, and for mixed storage how many basis columns are in int4."""
+    dtype = stats["options"].get("dtype")
+    if dtype != "mixed":
+        return f"{dtype}"
     int4 = sum(g["int4_A"] + g["int4_B"] for g in stats["groups"])
-    return f" ({int4} of {sum(g['k_A'] + g['k_B'] for g in stats['groups'])} basis columns in int4)"
+    return f"{dtype} ({int4} of {sum(g['k_A'] + g['k_B'] for g in stats['groups'])} basis columns in int4)"
 
 
 def format_summary(stats: dict[str, Any]) -> str:
@@ -124,7 +125,7 @@ def format_summary(stats: dict[str, Any]) -> str:
         + ("k allocated per module" if opts.get("target_ratio") is not None or opts.get("max_error") is not None
            else f"num_components={opts.get('num_components')}"
            + (f" (variance >= {opts.get('variance_threshold')})" if opts.get("num_components") == "auto" else ""))
-        + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={opts.get('dtype')}" + _int4(stats),
+        + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={storage(stats)}",
         f"factor form: {opts.get('factor_form', 'scaled')}, per adapter: {opts.get('per_adapter', 'loadings')}"
         + (f", refine steps: {opts['refine_steps']}" if opts.get("refine_steps") else "")
         + _target(opts),

@@ -32,7 +32,7 @@ from typing import Any
 from share_core.errors import InvalidArgumentError, ShareError
 from share_hf._io import atomic_directory, check_output_target
 
-from ._summary import _human, _short
+from ._summary import _human, _short, storage
 from .model import SHAREModel
 from .version import __version__
 
@@ -318,6 +318,7 @@ def headline(stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("adapters", f"{stats['num_adapters']}"),
         ("LoRA modules", f"{stats['num_modules']} ({2 * stats['num_modules']} groups)"),
         ("k per group", k),
+        ("storage", storage(stats)),
         ("dW relative error", f"mean {stats['dw_error_mean']:.3e}, max {stats['dw_error_max']:.3e}"),
         *_held_out(stats),
         ("bytes", f"original adapter files {_human(b['original'])} ({b['original']:,}) -> checkpoint "

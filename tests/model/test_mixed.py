@@ -263,3 +263,12 @@ def test_cli_compresses_to_mixed(wide_pool, tmp_path):
     refused = run("compress", *map(str, wide_pool[:2]), "-o", str(tmp_path / "k"), "-k", "4", "--dtype", "mixed")
     assert refused.returncode != 0 and "needs target_ratio or max_error" in refused.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_report_says_how_many_columns_are_int4(wide_pool, tmp_path):
+    from share_torch.report import write_report
+
+    share = SHAREModel.from_adapters(wide_pool[:4], target_ratio=5.0, dtype="mixed")
+    int4, k = _int4_columns(share), sum(g[s]["k"] for g in share.config["groups"].values() for s in ("lora_A", "lora_B"))
+    page = (write_report(share, tmp_path / "report")).read_text()
+    assert f"mixed ({int4} of {k} basis columns in int4)" in page and int4 > 0
