@@ -111,13 +111,32 @@ def _gram_route(
     return _gram_basis(x, w, p, c, rtol, scale, xp, keep)
 
 
+_SCATTER_BLOCK = 2048  # columns of x scaled (and widened) at a time for the scatter
+
+
+def _scatter(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
+    """(y y^T, c) with ``y = x / c`` in `dtype`, ``c = max |x|`` (1 for zero data), as :func:`_unit_scaled`
+    gives it, summed over blocks of columns: no copy of the whole (d, n) stack is made (a stack of many
+    adapters can be most of the memory in use)."""
+    big = (xp.maximum(xp.max(x), -xp.min(x)) if x.shape[0] * x.shape[1]
+           else xp.zeros((), dtype=x.dtype, device=device(x)))
+    c = as_work(xp.where(big > 0, big, xp.ones_like(big)), dtype, xp)
+    s = None
+    for start in range(0, x.shape[1], _SCATTER_BLOCK):
+        y = as_work(x[:, start:min(start + _SCATTER_BLOCK, x.shape[1])], dtype, xp) / c
+        s = y @ y.mT if s is None else s + y @ y.mT
+    if s is None:
+        s = xp.zeros((x.shape[0], x.shape[0]), dtype=dtype, device=device(x))
+    return s, c
+
+
 def _covariance_route(
     x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True, keep: int | None = None
 ) -> tuple[Array, Array]:
     """Eigenvectors of the (d, d) scatter x x^T."""
-    y, c = _unit_scaled(x, _squaring_dtype(x, accumulate, xp), xp)
-    w, v = eigh(y @ y.mT, xp=xp)
-    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(y.dtype).eps, xp), xp)
+    scatter, c = _scatter(x, _squaring_dtype(x, accumulate, xp), xp)
+    w, v = eigh(scatter, xp=xp)
+    q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(scatter.dtype).eps, xp), xp)
     return as_work(v[:, : _kept(q, keep)], x.dtype, xp), as_work(w[:q] * (c * c), x.dtype, xp)
 
 

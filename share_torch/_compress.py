@@ -29,6 +29,10 @@ from share_hf._quant import fake_quantize
 
 SIDES = ("lora_A", "lora_B")
 
+#: Adapters per batched LAPACK call (balancing, dW errors): enough to amortize the call, few enough that the
+#: temporaries stay small next to the data (1000 Llama-7B-shaped adapters of one module are 0.5 GB in float32).
+BLOCK = 64
+
 #: Storage "dtype" of mixed int8 + int4 storage: each group side's leading basis columns in int8, the rest in
 #: int4 (as many as the allocation chose); means, loadings and cores in int8.
 MIXED = "mixed"
@@ -98,7 +102,11 @@ class Reader:
         return cls(device, dtype, preloaded, factor_form)
 
     def many(self, sources: Sequence[AdapterSource], module: str) -> list[Folded]:
-        """Folded factors of one module for several adapters; balanced in batches of equal rank."""
+        """Folded factors of one module for several adapters; balanced in batches of equal rank. Read from
+        the files (`layer_by_layer`), they are read BLOCK adapters at a time, so that the files' own copies of
+        the factors never all sit in memory beside the folded ones."""
+        if self.preloaded is None and len(sources) > BLOCK:
+            return [f for part in chunks(sources, BLOCK) for f in self.many(part, module)]
         raw = [self.preloaded[(src.name, module)] if self.preloaded is not None else src.load_factors(module)
                for src in sources]
         scales = [src.modules[module].scale for src in sources]
@@ -108,18 +116,19 @@ class Reader:
         by_rank: dict[int, list[int]] = {}
         for i, (a, _) in enumerate(raw):
             by_rank.setdefault(int(a.shape[0]), []).append(i)
-        for r, idx in by_rank.items():
-            a, b = raw[idx[0]]
-            if len(idx) == 1 or r > min(int(a.shape[1]), int(b.shape[0])):
-                for i in idx:
+        for r, same in by_rank.items():
+            a, b = raw[same[0]]
+            if len(same) == 1 or r > min(int(a.shape[1]), int(b.shape[0])):
+                for i in same:
                     out[i] = fold(*raw[i], scales[i], self.device, self.dtype, "balanced")
                 continue
-            a = torch.stack([raw[i][0] for i in idx]).to(self.device, self.dtype)
-            b = torch.stack([raw[i][1] for i in idx]).to(self.device, self.dtype)
-            s = torch.tensor([scales[i] for i in idx], dtype=self.dtype, device=self.device)
-            a_bal, b_bal = balance_batch(a, b, s)
-            for j, i in enumerate(idx):
-                out[i] = (a_bal[j], b_bal[j])
+            for idx in chunks(same, BLOCK):  # bounded temporaries (QR factors, products) whatever the count
+                a = torch.stack([raw[i][0] for i in idx]).to(self.device, self.dtype)
+                b = torch.stack([raw[i][1] for i in idx]).to(self.device, self.dtype)
+                s = torch.tensor([scales[i] for i in idx], dtype=self.dtype, device=self.device)
+                a_bal, b_bal = balance_batch(a, b, s)
+                for j, i in enumerate(idx):
+                    out[i] = (a_bal[j], b_bal[j])
         return out
 
 
@@ -278,12 +287,13 @@ def _stacked(pairs: Sequence[Folded]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def batched_dw_errors(pairs: Sequence[Folded], approx: Sequence[Folded]) -> list[tuple[float, float]]:
     """(||dW - dW^||_F, ||dW||_F) of many folded pairs of one module at once (`share_core.dw_errors`)."""
-    if not pairs:
-        return []
-    a, b = _stacked(pairs)
-    a_hat, b_hat = _stacked(approx)
-    abs_err, norms = dw_errors_and_norms(b, a, b_hat, a_hat)  # ||dW|| from the same QR as the error
-    return list(zip(abs_err.tolist(), norms.tolist()))
+    out: list[tuple[float, float]] = []
+    for start in range(0, len(pairs), BLOCK):  # bounded temporaries: the QR of [B | B^] per pair
+        a, b = _stacked(pairs[start:start + BLOCK])
+        a_hat, b_hat = _stacked(approx[start:start + BLOCK])
+        abs_err, norms = dw_errors_and_norms(b, a, b_hat, a_hat)  # ||dW|| from the same QR as the error
+        out += zip(abs_err.tolist(), norms.tolist())
+    return out
 
 
 def form_for(per_adapter: str, kb: int, ka: int, ranks: Sequence[int], centered: bool) -> str:
@@ -370,6 +380,13 @@ def _narrow(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return y @ torch.linalg.qr(m.mT, mode="r").R.mT
 
 
+def _blocks(folds: Folds) -> Iterator[tuple[Sequence[AdapterSource], list[Folded]]]:
+    """(sources, folded factors) of `folds`, BLOCK adapters at a time."""
+    for chunk, folded in folds:
+        for start in range(0, len(chunk), BLOCK):
+            yield chunk[start:start + BLOCK], folded[start:start + BLOCK]
+
+
 def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, fits: dict[str, SideFit],
                   kk: dict[str, int], *, per_adapter: str, refine_steps: int, store_dtype: Storage,
                   int4: dict[str, int] | None = None) -> ModuleResult:
@@ -409,7 +426,7 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
         if k4:  # (mixed storage; absent means none)
             out.group[side]["int4"] = k4
     captured = {side: 0.0 for side in SIDES}
-    for chunk, folded in folds:
+    for chunk, folded in _blocks(folds):  # the rebuilt factors of BLOCK adapters at a time
         pairs, rebuilt_pairs = [], []
         for (a, b), src in zip(folded, chunk):
             loads = {}

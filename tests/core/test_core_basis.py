@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import share_core as sc
-from core_testing import BY_NAME, TOL, condition, low_rank, matrices, orthonormal, projector, rel
+from core_testing import BY_NAME, TOL, condition, low_rank, matrices, orthonormal, projector, rel, to_numpy
 from share_core._basis import basis_with_route
 
 ROUTES = ["auto", "svd", "gram", "covariance"]
@@ -191,3 +191,26 @@ def test_torch_half_precision_is_computed_in_float32():
         assert np.allclose(energies.double().numpy(), e64.numpy(), rtol=1e-4, atol=1e-6)
         x_hat = sc.reconstruct(sc.project(x, u, mean=mean), u, mean=mean)
         assert x_hat.dtype == torch.float32 and rel(exact.numpy(), x_hat.double().numpy()) < TOL["float32"]
+
+
+@pytest.mark.parametrize("backend", [BY_NAME["numpy"], BY_NAME["array_api_strict"], BY_NAME["torch"]],
+                         ids=lambda b: b.name)
+def test_the_scatter_is_summed_over_column_blocks_without_a_copy_of_the_stack(backend):
+    # more columns than one block (2048), the largest magnitude negative: the sum over blocks is x x^T / c^2
+    from share_core._basis import _SCATTER_BLOCK, _scatter
+
+    g = np.random.default_rng(3)
+    x_np = g.standard_normal((6, 2 * _SCATTER_BLOCK + 17)).astype(np.float32)
+    x_np[2, 5] = -40.0
+    x = backend.make(x_np, "float32")
+    xp = sc.array_namespace(x)
+    for dtype in ("float32", "float64"):
+        s, c = _scatter(x, getattr(xp, dtype), xp)
+        s, c = to_numpy(s), float(to_numpy(c))
+        assert c == 40.0
+        want = x_np.astype(np.float64) @ x_np.T.astype(np.float64)
+        np.testing.assert_allclose(s * c * c, want, rtol=1e-5 if dtype == "float32" else 1e-12)
+    # the covariance route on it gives the squared singular values
+    u, energies, _ = sc.basis(x, method="covariance")
+    np.testing.assert_allclose(to_numpy(energies), np.linalg.svd(x_np.astype(np.float64), compute_uv=False) ** 2,
+                               rtol=1e-4)
