@@ -34,6 +34,7 @@ from ._compress import (
     pooled,
     project_pair,
     refine,
+    release_freed_memory,
     select,
     storage_itemsize,
 )
@@ -78,6 +79,9 @@ def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], re
                                         per_adapter=plan.per_adapter, refine_steps=plan.refine_steps,
                                         store_dtype=plan.store_dtype,
                                         int4=None if int4_of is None else int4_of(module))
+        if read.preloaded is None:  # layer_by_layer: peak memory is one module's work plus the output
+            del folds, fits
+            release_freed_memory()
     return results
 
 

@@ -11,6 +11,9 @@ The math is share_core's; this module only decides the order of the work so that
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -149,6 +152,28 @@ def balance_batch(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> tup
     picked = torch.gather(b_bal, 1, b_bal.abs().argmax(dim=1, keepdim=True))  # (N, 1, r)
     signs = torch.where(picked < 0, -1.0, 1.0).to(b_bal.dtype)
     return a_bal * signs.mT, b_bal * signs
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    One module of many adapters allocates hundreds of MB in pieces of a few hundred KB (one per adapter and
+    side) and frees them again; glibc keeps such freed pieces, and the small tensors kept for the output
+    (loadings) pin the pages between them. Measured on 1000 Llama-7B-shaped adapters under `layer_by_layer`,
+    the resident memory after each module grew by about 90 MB per module without this, and by the output's
+    few MB with it."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
