@@ -35,6 +35,9 @@ _HEADER_ENTRY = 60  # bytes of one safetensors header entry besides its key: dty
 MAX_COMPONENTS = 1024  # per side: the gain table is (q_B, q_A) float64 per module, so it is capped
 
 
+State = tuple[int, int, int, int]  # (k_B, k_A, int4 columns of B, int4 columns of A)
+
+
 @dataclass
 class GroupTable:
     """What the allocation knows of one module."""
@@ -57,9 +60,10 @@ class GroupTable:
     def mixed(self) -> bool:
         return self.noise_b is not None
 
-    def captured(self, kb: int, ka: int, kb4: int = 0, ka4: int = 0) -> float:
+    def captured(self, state: State) -> float:
         """Weighted squared dW captured by the leading (k_B, k_A) components, the last (kb4, ka4) of each side in
         int4 (mixed storage: less each column's rounding error; otherwise exact)."""
+        kb, ka, kb4, ka4 = state
         if self.noise_b is None or self.noise_a is None:
             return float(self.prefix[kb, ka])
         db = torch.cat([self.noise_b[0, :kb - kb4], self.noise_b[1, kb - kb4:kb]])
@@ -72,11 +76,12 @@ class GroupTable:
     def total(self) -> float:
         return float(self.prefix[-1, -1])
 
-    def nbytes(self, kb: int, ka: int, itemsize: int, kb4: int = 0, ka4: int = 0) -> int:
+    def nbytes(self, state: State, itemsize: int) -> int:
         """Bytes of this group at (k_B, k_A) (the last (kb4, ka4) basis columns in int4), in the cheaper
         per-adapter form when allowed: tensor payload plus an estimate of each tensor's safetensors header
         entry (two per adapter for loadings, one for a core), so that switching forms is priced right with
         many adapters."""
+        kb, ka, kb4, ka4 = state
         entry = len(self.module) + _HEADER_ENTRY
         scale = 4 if itemsize == 1 else 0  # int8 storage: one float32 scale per column of each tensor
         basis = (self.d_out * (kb - kb4) + self.d_in * (ka - ka4)) * itemsize + (kb + ka) * scale
@@ -97,9 +102,6 @@ def gain_table(module: str, d_out: int, d_in: int, ranks: Sequence[int], cores_s
     prefix[1:, 1:] = m.cumsum(0).cumsum(1)
     noise_b, noise_a = (None, None) if noise is None else (x.to("cpu", torch.float64) for x in noise)
     return GroupTable(module, d_out, d_in, list(ranks), prefix, per_adapter, noise_b=noise_b, noise_a=noise_a)
-
-
-State = tuple[int, int, int, int]  # (k_B, k_A, int4 columns of B, int4 columns of A)
 
 
 def _start(table: GroupTable, int4: bool) -> State:
@@ -126,13 +128,13 @@ def _best_move(table: GroupTable, state: State, itemsize: int, int4: bool,
                room: float = math.inf) -> tuple[float, State, float, int] | None:
     """(-gain per byte, new state, gain, added bytes) of the best next move costing at most `room` bytes, or
     None when none is left."""
-    here_bytes, here = _nbytes(table, state, itemsize), table.captured(*state)
+    here_bytes, here = table.nbytes(state, itemsize), table.captured(state)
     best = None
     for new in _moves(table, state, int4):
-        cost = _nbytes(table, new, itemsize) - here_bytes
+        cost = table.nbytes(new, itemsize) - here_bytes
         if cost > room:
             continue
-        gain = table.captured(*new) - here
+        gain = table.captured(new) - here
         key = -gain / cost if cost > 0 else -math.inf  # cheaper and better (a group switching to cores)
         if best is None or key < best[0]:
             best = (key, new, gain, cost)
@@ -174,8 +176,8 @@ def _greedy(tables: Sequence[GroupTable], itemsize: int, num_adapters: int, budg
             max_error: float | None, int4: bool) -> tuple[dict[str, State], int, float]:
     state = {t.module: _start(t, int4) for t in tables}
     by_name = {t.module: t for t in tables}
-    payload = sum(_nbytes(t, state[t.module], itemsize) for t in tables)
-    residual = sum(t.total - t.captured(*state[t.module]) for t in tables)
+    payload = sum(t.nbytes(state[t.module], itemsize) for t in tables)
+    residual = sum(t.total - t.captured(state[t.module]) for t in tables)
     target = None if max_error is None else (max_error ** 2) * num_adapters
     heap = []
     for t in tables:
@@ -201,18 +203,14 @@ def _greedy(tables: Sequence[GroupTable], itemsize: int, num_adapters: int, budg
     return state, payload, residual
 
 
-def _nbytes(table: GroupTable, state: State, itemsize: int) -> int:
-    return table.nbytes(*state[:2], itemsize, *state[2:])
-
-
 def full_state(table: GroupTable) -> State:
     """Every component, all in int8 (the most a group can store)."""
     return (*table.q, 0, 0)
 
 
 def smallest_payload(tables: Sequence[GroupTable], itemsize: int) -> int:
-    return sum(_nbytes(t, _start(t, t.mixed), itemsize) for t in tables)
+    return sum(t.nbytes(_start(t, t.mixed), itemsize) for t in tables)
 
 
 def full_payload(tables: Sequence[GroupTable], itemsize: int) -> int:
-    return sum(_nbytes(t, full_state(t), itemsize) for t in tables)
+    return sum(t.nbytes(full_state(t), itemsize) for t in tables)

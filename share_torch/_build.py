@@ -20,7 +20,16 @@ from share_hf.adapters import AdapterSource
 
 from share_hf._quant import fake_quantize
 
-from ._allocate import MAX_COMPONENTS, GroupTable, allocate, full_payload, full_state, gain_table, smallest_payload
+from ._allocate import (
+    MAX_COMPONENTS,
+    GroupTable,
+    State,
+    allocate,
+    full_payload,
+    full_state,
+    gain_table,
+    smallest_payload,
+)
 from ._compress import (
     MIXED,
     SIDES,
@@ -139,7 +148,7 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
     n = len(sources)
     original = sum(s.file_bytes for s in sources)
 
-    def build(state: dict[str, tuple[int, int, int, int]], how: Plan = plan) -> dict[str, ModuleResult]:
+    def build(state: dict[str, State], how: Plan = plan) -> dict[str, ModuleResult]:
         return _module_results(modules, sources, read, how, lambda m, folds: fits_by_module[m],
                                lambda m, fits: {"lora_B": state[m][0], "lora_A": state[m][1]},
                                lambda items: wrap(items, "projecting"),
