@@ -255,6 +255,10 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
             bad.append(f"{where}: {side}.k is {spec['k']}, more than {dim}={group[dim]} components cannot exist")
         if not isinstance(spec.get("centered"), bool):
             bad.append(f"{where}: {side}.centered must be true or false, found {spec.get('centered')!r}")
+        int4 = spec.get("int4", 0)
+        if not _is_int(int4, 0) or (_is_int(spec.get("k"), 0) and int4 > spec["k"]):
+            bad.append(f"{where}: {side}.int4 must be an integer from 0 to k={spec.get('k')!r} (basis columns "
+                       f"stored in int4), found {int4!r}")
         problems += bad
         if not _is_int(spec.get("rank"), 0):
             problems.append(f"{where}: {side}.rank must be an integer >= 0, found {spec.get('rank')!r}")
@@ -269,11 +273,6 @@ def _parse_group(module: str, group: object) -> tuple[dict[str, _Side], list[str
             problems.append(
                 f"{where}: {side}.stacked_columns must be an integer >= 0, found {spec['stacked_columns']!r}"
             )
-        int4 = spec.get("int4", 0)
-        if not _is_int(int4, 0) or (_is_int(spec.get("k"), 0) and int4 > spec["k"]):
-            problems.append(f"{where}: {side}.int4 must be an integer from 0 to k={spec.get('k')!r} (basis "
-                            f"columns stored in int4), found {int4!r}")
-            bad.append("int4")
         if not bad and _is_int(group.get(dim), 1) and form is not None:
             sides[side] = _Side(k=spec["k"], centered=spec["centered"], d=group[dim], form=form, int4=int4)
     if form == "core" and any(s.centered for s in sides.values()):
