@@ -313,9 +313,9 @@ def _stacked(pairs: Sequence[Folded]) -> tuple[torch.Tensor, torch.Tensor]:
 def batched_dw_errors(pairs: Sequence[Folded], approx: Sequence[Folded]) -> list[tuple[float, float]]:
     """(||dW - dW^||_F, ||dW||_F) of many folded pairs of one module at once (`share_core.dw_errors`)."""
     out: list[tuple[float, float]] = []
-    for start in range(0, len(pairs), BLOCK):  # bounded temporaries: the QR of [B | B^] per pair
-        a, b = _stacked(pairs[start:start + BLOCK])
-        a_hat, b_hat = _stacked(approx[start:start + BLOCK])
+    for part, part_hat in zip(chunks(pairs, BLOCK), chunks(approx, BLOCK)):  # bounded temporaries (QR factors)
+        a, b = _stacked(part)
+        a_hat, b_hat = _stacked(part_hat)
         abs_err, norms = dw_errors_and_norms(b, a, b_hat, a_hat)  # ||dW|| from the same QR as the error
         out += zip(abs_err.tolist(), norms.tolist())
     return out
@@ -408,8 +408,7 @@ def _narrow(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def _blocks(folds: Folds) -> Iterator[tuple[Sequence[AdapterSource], list[Folded]]]:
     """(sources, folded factors) of `folds`, BLOCK adapters at a time."""
     for chunk, folded in folds:
-        for start in range(0, len(chunk), BLOCK):
-            yield chunk[start:start + BLOCK], folded[start:start + BLOCK]
+        yield from zip(chunks(chunk, BLOCK), chunks(folded, BLOCK))
 
 
 def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, fits: dict[str, SideFit],
