@@ -66,12 +66,18 @@ def _eig_threshold(w: Array, rtol: float, scale: Array, eps: float, xp: Namespac
     return xp.maximum(rank_rule, w.shape[0] * eps * w[0])
 
 
+def _data_scale(x: Array, dtype, xp: Namespace) -> Array:
+    """c = max |x| in `dtype` (1 for zero or empty data), found without a copy of x: dividing by it, squaring
+    neither underflows nor overflows."""
+    big = (xp.maximum(xp.max(x), -xp.min(x)) if x.shape[0] * x.shape[1]
+           else xp.zeros((), dtype=x.dtype, device=device(x)))
+    return as_work(xp.where(big > 0, big, xp.ones_like(big)), dtype, xp)
+
+
 def _unit_scaled(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
-    """x / c in `dtype`, c = max |x| (1 for zero data): squaring neither underflows nor overflows."""
-    y = as_work(x, dtype, xp)
-    big = xp.max(xp.abs(y))
-    c = xp.where(big > 0, big, xp.ones_like(big))
-    return y / c, c
+    """x / c in `dtype`, c = :func:`_data_scale`."""
+    c = _data_scale(x, dtype, xp)
+    return as_work(x, dtype, xp) / c, c
 
 
 def _gram_eigh(x: Array, dtype, xp: Namespace) -> tuple[Array, Array, Array]:
@@ -118,9 +124,7 @@ def _scatter(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
     """(y y^T, c) with ``y = x / c`` in `dtype`, ``c = max |x|`` (1 for zero data), as :func:`_unit_scaled`
     gives it, summed over blocks of columns: no copy of the whole (d, n) stack is made (a stack of many
     adapters can be most of the memory in use)."""
-    big = (xp.maximum(xp.max(x), -xp.min(x)) if x.shape[0] * x.shape[1]
-           else xp.zeros((), dtype=x.dtype, device=device(x)))
-    c = as_work(xp.where(big > 0, big, xp.ones_like(big)), dtype, xp)
+    c = _data_scale(x, dtype, xp)
     s = None
     for start in range(0, x.shape[1], _SCATTER_BLOCK):
         y = as_work(x[:, start:min(start + _SCATTER_BLOCK, x.shape[1])], dtype, xp) / c

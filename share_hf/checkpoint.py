@@ -89,7 +89,8 @@ __all__ = [
 FORMAT_VERSION = 4
 INT8 = "int8"  # options.dtype of int8 storage (format 3)
 MIXED = "mixed"  # options.dtype of int8 + int4 storage (format 4)
-MIXED_FORMAT = 4  # the oldest format that holds it: other checkpoints are still written as format 3
+INT8_FORMAT = 3  # the oldest format that holds int8 storage, and the one every non-mixed checkpoint is written in
+MIXED_FORMAT = 4  # the oldest format that holds mixed storage (written only for it)
 _PER_MODULE_KEYS = ("ranks", "scales", "dw_error", "dw_norm")  # adapter_meta.json figures per module
 
 CONFIG_FILE = "share_config.json"
@@ -351,7 +352,7 @@ def _check_config(config: Mapping) -> tuple[list[str], list[str], list[str] | No
     problems += _format_version_problems(config)
     version = config.get("format_version")
     if _is_quantized(config) and _is_int(version, 1):
-        dtype, oldest = (MIXED, MIXED_FORMAT) if _is_mixed(config) else (INT8, 3)
+        dtype, oldest = (MIXED, MIXED_FORMAT) if _is_mixed(config) else (INT8, INT8_FORMAT)
         if version < oldest:
             problems.append(f"{CONFIG_FILE}: options.dtype {dtype!r} needs format_version {oldest} or later, "
                             f"found {version}")

@@ -48,12 +48,10 @@ def storage_itemsize(storage: Storage) -> int:
     return 1 if storage == MIXED else torch.empty((), dtype=storage).element_size()
 
 
-def int4_after(group_side: dict, k: int) -> int:
-    """A side's int4 columns once its basis has `k` columns: its int8 columns stay int8 (as many as still exist)."""
-    int4 = int(group_side.get("int4", 0))
-    if not int4:
-        return 0
-    return k - min(int(group_side["k"]) - int4, k)
+def int4_after(k_before: int, int4_before: int, k: int) -> int:
+    """A side's int4 columns once its basis of `k_before` columns (the last `int4_before` in int4) has `k`:
+    its int8 columns stay int8 (as many as still exist)."""
+    return k - min(k_before - int4_before, k) if int4_before else 0
 
 Folded = tuple[torch.Tensor, torch.Tensor]  # (A (r, d_in), B (d_out, r)) with sqrt(scale) folded into each
 
@@ -439,7 +437,7 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
         fit = fits[side]
         k4 = 0
         if store_dtype == MIXED:  # refinement may have shrunk k: the int8 columns stay int8
-            k4 = int4_after({"k": kk[side], "int4": (int4 or {}).get(side, 0)}, int(bases[side].shape[1]))
+            k4 = int4_after(kk[side], (int4 or {}).get(side, 0), int(bases[side].shape[1]))
         basis_s, mean_s = store(bases[side], store_dtype, k4), store(fit.mean, store_dtype)
         out.components[f"{module}.{side}.basis"] = basis_s
         if mean_s is not None:

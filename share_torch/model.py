@@ -25,6 +25,7 @@ from share_hf.adapters import AdapterSource, adapter_name_from_source, check_com
 from share_hf.checkpoint import (
     Checkpoint,
     checkpoint_nbytes,
+    INT8_FORMAT,
     MIXED_FORMAT,
     load_checkpoint,
     push_checkpoint_to_hub,
@@ -184,7 +185,7 @@ def _assemble(sources: Sequence[AdapterSource], modules: Sequence[str], results:
         for src in sources:
             metas[src.name]["leave_one_out"] = leave_out[src.name]
     config = {
-        "format_version": MIXED_FORMAT if options.get("dtype") == MIXED else 3,  # format 4 only where needed
+        "format_version": MIXED_FORMAT if options.get("dtype") == MIXED else INT8_FORMAT,  # 4 only where needed
         "library": "lorashare",
         "library_version": __version__,
         "method": "share",
@@ -743,7 +744,7 @@ class SHAREModel:
                 new_basis, new_mean, loads, energies = added_side(
                     old, basis, mean, columns([(a, b)], side)[0], k=int(group["k"]) if allocated else k,
                     threshold=None if allocated else threshold, update=update_basis)
-                int4 = int4_after(group, int(new_basis.shape[1]))
+                int4 = int4_after(int(group["k"]), int(group.get("int4", 0)), int(new_basis.shape[1]))
                 work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
@@ -815,7 +816,7 @@ class SHAREModel:
                 mean = None if mean is None else mean.to(self.device, compute)
                 new_basis, new_mean, loads = removed_side(
                     {n: work.loadings[n][key].to(self.device, compute) for n in rest}, basis, mean)
-                int4 = int4_after(group, int(new_basis.shape[1]))
+                int4 = int4_after(int(group["k"]), int(group.get("int4", 0)), int(new_basis.shape[1]))
                 work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
