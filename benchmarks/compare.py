@@ -20,8 +20,9 @@ wall-clock limit:
    (what PEFT would apply), each norm from QR factors of the r-column stacks (no d x d matrix is formed).
 
 Also measured: the read floor (``safe_open`` + ``get_tensor`` of every tensor of every adapter file; first a
-read after evicting the files from the page cache with ``posix_fadvise(DONTNEED)``, then a warm read), and for
-roberta scenarios the time to reconstruct one adapter with lorashare. Results: a markdown table on stdout and
+read after evicting the files from the page cache with ``posix_fadvise(DONTNEED)``, then a warm read), the
+compute floor (the bare top-k basis of every stacked (module, side) group, Gram or scatter matrix + eigh, on
+factors already in memory: what no exact shared-basis method can skip), and for roberta scenarios the time to reconstruct one adapter with lorashare. Results: a markdown table on stdout and
 ``benchmarks/results/<scenario>.{md,json}``.
 """
 
@@ -155,6 +156,50 @@ def read_floor(adapters: list[Path]) -> dict:
     warm = [read() for _ in range(3)]
     return {"first_read_after_evict_s": cold, "warm_read_best_s": min(warm), "warm_reads_s": warm,
             "bytes": sum(f.stat().st_size for f in files)}
+
+
+def compute_floor(adapters: list[Path], k: int, repeats: int = 3) -> dict:
+    """Seconds of the least exact work any shared-basis method does once the factors are in memory: per
+    (module, side), stack every adapter's columns (B, or A^T) and find the top-k left singular vectors, through
+    the (n, n) Gram matrix when there are fewer stacked columns n than rows d, else the (d, d) scatter, then
+    eigh and one product. No balancing, refinement, loadings, errors or writing. Timed in float64 (lorashare's
+    precision for the squared matrices) and in float32 (the cheapest, less exact), best of `repeats`, in this
+    process with torch's default threads; reading the files is not timed."""
+    import torch
+    from safetensors import safe_open
+
+    groups: dict[str, list] = {}
+    for folder in adapters:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+            for key in fh.keys():
+                side = "lora_A" if ".lora_A." in key else "lora_B" if ".lora_B." in key else None
+                if side is None:
+                    continue
+                t = fh.get_tensor(key).to(torch.float32)
+                groups.setdefault(key.replace(f".{side}.", ".") + "|" + side, []).append(
+                    t.mT if side == "lora_A" else t)
+    stacks = [torch.cat(cols, dim=1) for cols in groups.values()]
+    del groups
+
+    def once(dtype: torch.dtype) -> float:
+        t0 = time.perf_counter()
+        for x in stacks:
+            x = x.to(dtype)
+            d, n = x.shape
+            if n < d:
+                w, p = torch.linalg.eigh(x.mT @ x)
+                u = x @ p[:, -k:]  # (columns then normalized by the singular values: O(d k), left out)
+            else:
+                w, u = torch.linalg.eigh(x @ x.mT)
+                u = u[:, -k:]
+        return time.perf_counter() - t0
+
+    out = {"groups": len(stacks), "stack_shapes": sorted({tuple(x.shape) for x in stacks}), "k": k,
+           "threads": torch.get_num_threads()}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        runs = [once(dtype) for _ in range(repeats)]
+        out[f"{name}_best_s"], out[f"{name}_runs_s"] = min(runs), runs
+    return out
 
 
 def _factors(folder: Path) -> tuple[dict, float]:
@@ -295,6 +340,19 @@ def render(report: dict) -> str:
             out.append(f"lorashare compress / warm read = {base['compress_s'] / fl['warm_read_best_s']:.2f}; "
                        f"/ first read = {base['compress_s'] / fl['first_read_after_evict_s']:.2f}.")
         out.append("")
+    cf = report.get("compute_floor")
+    if cf:
+        shapes = ", ".join(f"{d} x {n}" for d, n in cf["stack_shapes"])
+        out.append(f"Compute floor (the top-{cf['k']} basis of each of the {cf['groups']} stacked (module, side) "
+                   f"groups, {shapes}, through its Gram or scatter matrix and eigh, nothing else; factors already "
+                   f"in memory, {cf['threads']} threads, best of {len(cf['float64_runs_s'])}): float64 "
+                   f"{fmt_s(cf['float64_best_s'])} s, float32 {fmt_s(cf['float32_best_s'])} s."
+                   + (f" As multiples of the warm read: {cf['float64_best_s'] / fl['warm_read_best_s']:.2f} and "
+                      f"{cf['float32_best_s'] / fl['warm_read_best_s']:.2f}." if fl else ""))
+        base = next((r for r in report.get("rows", []) if r["tool"] == "lorashare" and r["compress"]["ok"]), None)
+        if base:
+            out.append(f"lorashare compress / float64 compute floor = {base['compress_s'] / cf['float64_best_s']:.2f}.")
+        out.append("")
     rt = report.get("reconstruct_one")
     if rt:
         out.append(f"Reconstructing one adapter with lorashare (`SHAREModel.from_pretrained(ckpt, adapters=[name])` "
@@ -427,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"read floor (load {load_average()})", file=sys.stderr)
         report["floor"] = read_floor(adapters)
         print(f"read floor: {report['floor']}", file=sys.stderr)
+        report["compute_floor"] = compute_floor(adapters, sc["k"])
+        print(f"compute floor: {report['compute_floor']}", file=sys.stderr)
 
     lorashare_extra = (["--layer-by-layer"] if args.layer_by_layer or memory_only else []) + (
         ["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
