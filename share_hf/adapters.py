@@ -137,7 +137,10 @@ class AdapterSource:
 
     def _check_finite(self, tensors: Mapping[str, torch.Tensor]) -> None:
         for key, tensor in tensors.items():
-            if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            # a finite sum proves every entry finite, at a fraction of an element-wise test's cost; only a
+            # non-finite sum (a bad entry, or finite entries whose sum overflows) is checked entry by entry
+            if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())) or bool(
+                    torch.isfinite(tensor).all()):
                 continue
             bad = int((~torch.isfinite(tensor)).sum())
             raise InvalidAdapterError(

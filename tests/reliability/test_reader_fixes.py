@@ -96,6 +96,23 @@ def test_nan_in_a_carried_head(adapter: Path) -> None:
         src.load_carried()
 
 
+def test_finite_factors_whose_sum_overflows_are_read(adapter: Path) -> None:
+    """The finiteness check sums a tensor first; finite float16 entries whose sum overflows (60000 * 64 > 65504)
+    must still be read, through the entry-by-entry fallback, and one bad entry among them still refused."""
+    key = f"{Q0}.lora_B.weight"
+    big = torch.full_like(open_adapter(adapter).load_all_factors()[Q0][1], 60000.0, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())
+    half = lambda t: {k: v.to(torch.float16) if ".lora_" in k else v for k, v in t.items()}  # noqa: E731
+    edit_tensors(adapter / "adapter_model.safetensors", lambda t: half(t) | {key: big})
+    _, b = open_adapter(adapter).load_all_factors()[Q0]
+    assert torch.equal(b, big)
+    bad = big.clone()
+    bad[0, 0] = float("inf")
+    edit_tensors(adapter / "adapter_model.safetensors", lambda t: t | {key: bad})
+    with pytest.raises(InvalidAdapterError, match=f"'{key}' .* holds 1 NaN/Inf"):
+        open_adapter(adapter).load_all_factors()
+
+
 # ------------------------------------------------------------------------------ share_config.json
 
 
