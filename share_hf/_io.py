@@ -7,7 +7,7 @@ One place owns each of these so that adapters and checkpoints behave alike:
   only after its successor is complete; write failures (disk full, permission denied, a file
   where a folder is needed) become one :class:`WriteError` naming the path and the fix.
 - :func:`read_json`, :func:`read_safetensors_header`, :func:`load_safetensors`,
-  :func:`save_safetensors`: file access whose errors name the file.
+  :func:`read_safetensors_ranges`, :func:`save_safetensors`: file access whose errors name the file.
 - :func:`looks_like_hub_id`, :func:`download_snapshot`: Hub access through ``snapshot_download``.
 """
 
@@ -470,6 +470,92 @@ def load_safetensors(
             f"{context}: cannot read tensors from {path} ({exc}); it may be truncated or "
             "corrupt. Fix: restore or re-download it."
         ) from exc
+
+
+#: safetensors dtype codes :func:`read_safetensors_ranges` reads (the LoRA factor dtypes), and their torch dtypes.
+_RANGE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header's bytes
+
+
+def read_safetensors_ranges(
+    path: Path, keys: Iterable[str], *, error: type[ShareError], context: str
+) -> dict[str, torch.Tensor] | None:
+    """Load `keys` from `path` with one positioned read (``pread``) of each tensor's own bytes, readahead off.
+
+    For a few tensors of a large file (one module of each adapter at a time, under ``layer_by_layer``) this
+    reads what is asked for and nothing more. A memory map reads the block device's readahead window around
+    every page fault instead: on the machine measured (``read_ahead_kb`` 8192), one module of 50 cold
+    Llama-7B-shaped adapter files read 541.7 MB through ``safe_open`` for 12.5 MB of factors, and 12.7 MB
+    this way (0.86 s against 0.05 s).
+
+    Returns ``None`` where this reader does not apply (a big-endian host, or a dtype other than
+    F64/F32/F16/BF16): the caller then uses :func:`load_safetensors`.
+
+    Raises:
+        error: The file is missing, or its header or data do not hold what the format says (truncated or corrupt).
+    """
+    if sys.byteorder != "little":  # safetensors data are little-endian; frombuffer reads native order
+        return None
+
+    def bad(what: str) -> ShareError:
+        return error(f"{context}: {path} is not a readable safetensors file ({what}); it may be truncated or "
+                     "corrupt. Fix: restore or re-download it.")
+
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise error(f"{context}: {path} does not exist") from exc
+    except OSError as exc:
+        raise error(f"{context}: cannot read tensors from {path} ({exc}). Fix: check the file's permissions.") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: read exactly the ranges asked for
+        first = os.pread(fd, 8, 0)
+        if len(first) < 8:
+            raise bad(f"{size} bytes, fewer than the 8 of a header length")
+        n = int.from_bytes(first, "little")
+        if not 0 < n <= min(size - 8, _MAX_HEADER):
+            raise bad(f"header length {n} in a file of {size} bytes")
+        raw = os.pread(fd, n, 8)
+        try:
+            header = json.loads(raw) if len(raw) == n else None
+        except (ValueError, RecursionError):
+            header = None
+        if not isinstance(header, dict):
+            raise bad("its header is not a JSON object")
+        data_bytes = size - 8 - n
+        out = {}
+        for key in keys:
+            entry = header.get(key)
+            if not isinstance(entry, dict) or key == "__metadata__":
+                raise bad(f"no tensor {key!r} in its header")
+            dtype = _RANGE_DTYPES.get(entry.get("dtype"))
+            if dtype is None:
+                return None
+            shape, offsets = entry.get("shape"), entry.get("data_offsets")
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                    and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+                raise bad(f"tensor {key!r} has shape {shape!r} and data_offsets {offsets!r}")
+            begin, end = offsets
+            numel = 1
+            for d in shape:
+                numel *= d
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if not 0 <= begin <= end <= data_bytes or end - begin != numel * itemsize:
+                raise bad(f"tensor {key!r} of shape {tuple(shape)} in {entry['dtype']} at bytes [{begin}, {end}) "
+                          f"of {data_bytes} data bytes")
+            buffer = bytearray(end - begin)
+            got = os.preadv(fd, [buffer], 8 + n + begin) if end > begin else 0
+            if got != end - begin:
+                raise bad(f"tensor {key!r}: read {got} of its {end - begin} bytes")
+            out[key] = (torch.frombuffer(buffer, dtype=dtype) if numel else torch.empty(0, dtype=dtype)).reshape(shape)
+        return out
+    except OSError as exc:
+        raise error(f"{context}: cannot read tensors from {path} ({exc}); it may be truncated or "
+                    "corrupt. Fix: restore or re-download it.") from exc
+    finally:
+        os.close(fd)
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:

@@ -33,6 +33,7 @@ from share_hf._io import (
     looks_like_hub_id,
     read_json,
     read_safetensors_header,
+    read_safetensors_ranges,
 )
 
 __all__ = [
@@ -133,6 +134,13 @@ class AdapterSource:
     def _load(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.preloaded is not None:
             return {key: self.preloaded[key] for key in keys}
+        if 2 * len(keys) < 2 * len(self.modules) + len(self.carried_keys):
+            # fewer than half of the file's tensors (one module under layer_by_layer): read their bytes alone,
+            # not a memory map's readahead around each of them
+            exact = read_safetensors_ranges(self.weights_file, keys, error=InvalidAdapterError,
+                                            context=self._context())
+            if exact is not None:
+                return exact
         return load_safetensors(self.weights_file, keys, error=InvalidAdapterError, context=self._context())
 
     def _check_finite(self, tensors: Mapping[str, torch.Tensor]) -> None:
