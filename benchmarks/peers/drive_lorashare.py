@@ -10,7 +10,8 @@ args = parse()
 clock = Clock()
 if args.command == "compress":
     model = SHAREModel.from_adapters(args.adapters, num_components=args.k, layer_by_layer=args.layer_by_layer,
-                                     chunk_size=args.chunk_size, show_progress=False)
+                                     chunk_size=args.chunk_size,
+                                     show_progress=os.environ.get("LORASHARE_BENCH_PROGRESS") == "1")  # (to its log)
     clock.mark("build")
     model.save_pretrained(args.out)
     clock.mark("save")
