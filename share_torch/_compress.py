@@ -3,8 +3,8 @@
 The math is share_core's; this module only decides the order of the work so that memory stays bounded:
 
 - ``layer_by_layer=False`` reads every adapter's LoRA factors once, up front (one pass over each file);
-- ``layer_by_layer=True`` reads one (module) group of all adapters at a time from the memory-mapped files,
-  so peak memory is one group plus the output;
+- ``layer_by_layer=True`` reads one (module) group of all adapters at a time, each factor by its own byte
+  range of its file (``share_hf._io.read_safetensors_ranges``), so peak memory is one group plus the output;
 - ``chunk_size=N`` fits each group's basis N adapters at a time and merges the chunks' thin SVDs exactly
   (`share_core.merge_bases`), then projects each chunk on the final basis.
 """

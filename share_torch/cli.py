@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "number plus a float32 scale per column; mixed: int8, with the basis columns the "
                         "allocation finds cheaper in int4 at half a byte (needs --target-ratio or --max-error)")
     p.add_argument("--layer-by-layer", action="store_true",
-                   help="stream one layer group of all adapters at a time from the memory-mapped files "
+                   help="stream one layer group of all adapters at a time, each factor read by its byte range "
                         "(peak memory: one group plus the output); same result")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="fit each group's basis N adapters at a time, merging chunks exactly; same result")
