@@ -494,8 +494,8 @@ def read_safetensors_ranges(
     Raises:
         error: The file is missing, or its header or data do not hold what the format says (truncated or corrupt).
     """
-    if sys.byteorder != "little":  # safetensors data are little-endian; frombuffer reads native order
-        return None
+    if sys.byteorder != "little" or not hasattr(os, "preadv"):  # safetensors data are little-endian (frombuffer
+        return None                                               # reads native order); no pread on Windows
 
     def bad(what: str) -> ShareError:
         return error(f"{context}: {path} is not a readable safetensors file ({what}); it may be truncated or "
@@ -530,7 +530,10 @@ def read_safetensors_ranges(
             entry = header.get(key)
             if not isinstance(entry, dict) or key == "__metadata__":
                 raise bad(f"no tensor {key!r} in its header")
-            dtype = _RANGE_DTYPES.get(entry.get("dtype"))
+            code = entry.get("dtype")
+            if not isinstance(code, str):
+                raise bad(f"tensor {key!r} has dtype {code!r}")
+            dtype = _RANGE_DTYPES.get(code)
             if dtype is None:
                 return None
             shape, offsets = entry.get("shape"), entry.get("data_offsets")

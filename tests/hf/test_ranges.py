@@ -89,6 +89,7 @@ def write_raw(path: Path, header: dict | bytes, data: bytes, length: int | None 
     ("offsets", r"tensor 'a' of shape \(2, 2\) in F32 at bytes \[0, 12\)"),
     ("beyond", r"tensor 'a' of shape \(2, 2\) in F32 at bytes \[24, 40\) of 32 data bytes"),
     ("shape", r"tensor 'a' has shape \[2, -2\]"),
+    ("dtype", r"tensor 'a' has dtype \['F32'\]"),
 ])
 def test_files_that_do_not_hold_what_their_header_says(tmp_path: Path, case: str, needle: str) -> None:
     path = tmp_path / "bad.safetensors"
@@ -113,6 +114,8 @@ def test_files_that_do_not_hold_what_their_header_says(tmp_path: Path, case: str
         write_raw(path, good | {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [24, 40]}}, data)
     elif case == "shape":
         write_raw(path, good | {"a": {"dtype": "F32", "shape": [2, -2], "data_offsets": [0, 16]}}, data)
+    elif case == "dtype":
+        write_raw(path, good | {"a": {"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}}, data)
     with pytest.raises(InvalidAdapterError, match=needle) as info:
         ranges(path, keys)
     assert str(path) in str(info.value) and "Fix: restore or re-download it." in str(info.value)
