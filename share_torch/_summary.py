@@ -95,13 +95,27 @@ def _ratio(value: float | None) -> str:
     return f"{value:>7.4f}" if value is not None else f"{'n/a':>7}"
 
 
-def _target(opts: dict[str, Any]) -> str:
+def _target(stats: dict[str, Any]) -> str:
+    """The allocation's target. Its figures are from compression: where adapters were added or removed since
+    (each group kept its k), the current figure differs, and both are shown rather than a stale one."""
+    opts = stats["options"]
     allocation = opts.get("allocation") or {}
     if opts.get("target_ratio") is not None:
-        return f", k per module chosen for target ratio {opts['target_ratio']:g}"
+        now = stats["bytes"]["ratio"]
+        return (f", k per module chosen for target ratio {opts['target_ratio']:g}"
+                + (f" (at compression; {now:.2f}x now, after adapters were added or removed)"
+                   if now < opts["target_ratio"] else ""))
     if opts.get("max_error") is not None:
-        return (f", k per module chosen for max dW error {opts['max_error']:g}"
-                + (f" (achieved {allocation['achieved_max_error']:.3g})" if "achieved_max_error" in allocation else ""))
+        achieved = allocation.get("achieved_max_error")
+        now = stats["dw_error_max"]
+        if achieved is None:
+            figure = ""
+        elif f"{achieved:.3g}" == f"{now:.3g}":
+            figure = f" (achieved {achieved:.3g})"
+        else:
+            figure = (f" (achieved {achieved:.3g} at compression; the largest stored dW error is {now:.3g} now, "
+                      f"after adapters were added or removed)")
+        return f", k per module chosen for max dW error {opts['max_error']:g}" + figure
     return ""
 
 
@@ -128,7 +142,7 @@ def format_summary(stats: dict[str, Any]) -> str:
         + f", centered={'yes' if opts.get('center') else 'no'}, storage dtype={storage(stats)}",
         f"factor form: {opts.get('factor_form', 'scaled')}, per adapter: {opts.get('per_adapter', 'loadings')}"
         + (f", refine steps: {opts['refine_steps']}" if opts.get("refine_steps") else "")
-        + _target(opts),
+        + _target(stats),
         "",
     ]
     width = max([len(_short(g["module"])) for g in stats["groups"]] + [6])
@@ -143,9 +157,13 @@ def format_summary(stats: dict[str, Any]) -> str:
     held_out = stats.get("leave_one_out")
     lines.append(f"{'adapter':<{width}}  dW relative error" + ("  leave-one-out" if held_out is not None else ""))
     for name, err in stats["dw_error"].items():
-        lines.append(f"{name:<{width}}  {err:.3e}" + (f"          {held_out[name]:.3e}" if held_out is not None else ""))
+        figure = "" if held_out is None else (f"          {held_out[name]:.3e}" if name in held_out
+                                              else f"          {'n/a':>9}")
+        lines.append(f"{name:<{width}}  {err:.3e}" + figure)
     lines.append(f"{'mean':<{width}}  {stats['dw_error_mean']:.3e}   (max {stats['dw_error_max']:.3e})")
-    if held_out is not None:
+    if held_out is not None and len(held_out) < len(stats["dw_error"]):
+        lines.append("leave-one-out n/a: the adapter was added after compression, so no figure was measured for it")
+    if held_out:
         lines.append(f"leave-one-out: a new adapter like these, projected on this basis without refitting, would get a "
                      f"dW error of about {stats['leave_one_out_mean']:.3e} (in-set mean {stats['dw_error_mean']:.3e}); "
                      + ("projecting new adapters (lorashare add --project-only) is fine" if stats["leave_one_out_mean"]

@@ -5,12 +5,14 @@ on that representation alone, so the original adapter files may be gone:
 
 - **add (exact update)**: the represented old data has the thin SVD ``(U W, S)`` where ``L = W S V^T``;
   merging it with the new adapter's own SVD (`share_core.merge_bases`) gives the exact basis of old and new
-  together; k is chosen again by the checkpoint's rule and every old loading is rotated into the new basis,
-  ``L'_i = U'^T (U L_i + m - m')``.
+  together (a side with k = 0 adds only its mean, if any); k is chosen again by the caller (`num_components`
+  or the variance threshold; an allocated checkpoint keeps each group's k) and every old loading is rotated
+  into the new basis, ``L'_i = U'^T (U L_i + m - m')``.
 - **add (projection only)**: the basis stays; the new adapter gets ``U^T (X_new - m)``.
-- **remove**: the remaining loadings ``L_rest`` span at most k directions of U; re-fitting on them
-  (``L_rest = W S V^T``, ``U' = U W``, ``L'_i = W^T (L_i - l)``, ``m' = m + U l``) keeps every remaining
-  reconstruction unchanged while dropping the directions only the removed adapter used.
+- **remove**: the remaining loadings ``L_rest`` span at most k directions of U. Where they span fewer,
+  re-fitting on them (``L_rest = W S V^T``, ``U' = U W``, ``L'_i = W^T (L_i - l)``, ``m' = m + U l``) keeps
+  every remaining reconstruction unchanged while dropping the directions only the removed adapter used;
+  where they still span all k, nothing can be dropped and the side stays as stored.
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ def copy_checkpoint(ckpt: Checkpoint) -> Checkpoint:
 
 
 def _represented(loadings: Sequence[torch.Tensor], basis: torch.Tensor, mean: torch.Tensor | None):
-    """Thin SVD parts (u, s, mean, n) of the data a checkpoint represents for one (module, side)."""
+    """Thin SVD parts (u, s, mean, n) of the data a checkpoint represents for one (module, side).
+
+    A side with k = 0 represents no columns beyond its mean: its part is an empty (d, 0) basis.
+    """
+    n = sum(int(x.shape[1]) for x in loadings)
+    if int(basis.shape[1]) == 0:
+        return basis, basis.new_zeros(0), mean, n
     w, energies, _ = core.basis(core.stack(list(loadings)))
-    return basis @ w, torch.sqrt(energies), mean, sum(int(x.shape[1]) for x in loadings)
+    return basis @ w, torch.sqrt(energies), mean, n
 
 
 def added_side(old_loads: dict[str, torch.Tensor], basis: torch.Tensor, mean: torch.Tensor | None,
@@ -67,8 +75,16 @@ def added_side(old_loads: dict[str, torch.Tensor], basis: torch.Tensor, mean: to
 
 
 def removed_side(rest: dict[str, torch.Tensor], basis: torch.Tensor, mean: torch.Tensor | None):
-    """New (basis, mean, loadings) of one side once an adapter is gone: exact for every remaining one."""
+    """New (basis, mean, loadings) of one side once an adapter is gone: exact for every remaining one.
+
+    None where the remaining loadings still span all k columns of the basis (k does not shrink): then
+    nothing can be dropped, and the side is best kept exactly as stored.
+    """
+    if int(basis.shape[1]) == 0:  # nothing stored on this side
+        return None
     w, _, shift = core.basis(core.stack(list(rest.values())), center=mean is not None)
+    if int(w.shape[1]) == int(basis.shape[1]):
+        return None
     new_mean = None if mean is None else mean + basis @ shift
     return basis @ w, new_mean, {name: core.project(load, w, mean=shift) for name, load in rest.items()}
 

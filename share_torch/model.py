@@ -47,6 +47,7 @@ from ._compress import (
     core_loadings,
     dw_abs_and_norm,
     fold,
+    form_for,
     pooled,
     ratio,
     restore,
@@ -655,17 +656,23 @@ class SHAREModel:
                 for side in SIDES}
 
     def _rebound_errors(self, work: Checkpoint, names: Sequence[str], drifts: dict[str, dict[str, float]]) -> None:
-        """After an update, bound each adapter's dW error by (error before) + (how far its dW^ moved)."""
+        """After an update, bound each adapter's dW error by (error before) + (how far its dW^ moved).
+
+        Modules that did not move (no entry in `drifts`, or 0.0) keep their stored figures exactly, and so does
+        the overall figure of an adapter none of whose modules moved.
+        """
         for name in names:
             meta = work.metas[name]
+            moved_modules = {m: moved for m, moved in drifts[name].items() if moved > 0.0}
+            if not moved_modules:
+                continue
             if "dw_norm" not in meta:
                 raise CheckpointError(f"adapter {name!r} has no dw_norm in adapter_meta.json (written by an older "
                                       f"lorashare?); recompress from the original adapters to update it")
-            for module, moved in drifts[name].items():
+            for module, moved in moved_modules.items():
                 norm = float(meta["dw_norm"][module])
                 meta["dw_error"][module] = ratio(meta["dw_error"][module] * norm + moved, norm)
-                if moved > 0.0:
-                    meta["dw_error_is_upper_bound"] = True
+            meta["dw_error_is_upper_bound"] = True
             work.config["stats"]["dw_error"][name] = pooled(
                 (meta["dw_error"][m] * float(meta["dw_norm"][m]), float(meta["dw_norm"][m])) for m in meta["dw_norm"])
 
@@ -684,9 +691,14 @@ class SHAREModel:
         return modules
 
     def _pack_cores(self, work: Checkpoint, modules: Sequence[str]) -> None:
-        """Store the given modules as k_B x k_A cores again after an update."""
+        """Store the given modules as k_B x k_A cores again after an update, except where a side now has k = 0:
+        there is nothing to store on it, and such a module stays in the loadings form (as `form_for` chooses
+        at compression), since a core with an empty side cannot be factored back."""
         compute, store_dtype = self._dtypes()
         for module in modules:
+            group = work.config["groups"][module]
+            if form_for("core", int(group["lora_B"]["k"]), int(group["lora_A"]["k"]), (), False) != "core":
+                continue
             for name in work.loadings:
                 lb = work.loadings[name].pop(f"{module}.lora_B").to(self.device, compute)
                 la = work.loadings[name].pop(f"{module}.lora_A").to(self.device, compute)
@@ -702,15 +714,18 @@ class SHAREModel:
             path_or_id: The new adapter's folder or Hub id.
             name: Its name (default: the folder's basename); must be new.
             update_basis: `True` (default) updates each group's basis exactly to cover old and new data (every
-                stored loading is rotated into the new basis; k is chosen by the checkpoint's rule again).
-                `False` only projects the new adapter on the existing basis: nothing else changes, but the new
+                stored loading is rotated into the new basis). k is chosen again by `num_components` (capped at
+                the rank) or by the variance threshold (`"auto"`); in a checkpoint built with `target_ratio` or
+                `max_error` each group keeps its k (no new allocation: the byte ratio and the errors are no
+                longer the ones targeted). The other adapters' stored dW errors become upper bounds (error before
+                + how far their reconstruction moved), flagged `dw_error_is_upper_bound` in their metadata.
+                `False` only projects the new adapter on the existing basis: nothing else changes (the basis, the
+                other adapters' stored tensors and their stored errors stay exactly as they were), but the new
                 adapter is only as well represented as the basis allows (see its dW error in `stats()`).
             show_progress, revision, token, allow_pickle: As in :meth:`from_adapters`.
 
         Returns:
-            The new adapter's name. The model changes in memory; call :meth:`save_pretrained` to keep it. The
-            other adapters' stored dW errors become upper bounds (error before + how far their reconstruction
-            moved), flagged `dw_error_is_upper_bound` in their metadata.
+            The new adapter's name. The model changes in memory; call :meth:`save_pretrained` to keep it.
         """
         self._require_complete("add_adapter")
         name = adapter_name_from_source(path_or_id) if name is None else str(name)
@@ -734,7 +749,7 @@ class SHAREModel:
         form = opts.get("factor_form", "scaled")
         for module in progress(self.modules, desc=f"adding {name}", enabled=show_progress):
             a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute, form)
-            before = {n: self._rebuilt(work, n, module) for n in names}
+            before = {n: self._rebuilt(work, n, module) for n in names} if update_basis else {}
             for side in SIDES:
                 key, group = f"{module}.{side}", work.config["groups"][module][side]
                 basis, mean = (work.components[f"{key}.basis"].to(self.device, compute),
@@ -744,22 +759,24 @@ class SHAREModel:
                 new_basis, new_mean, loads, energies = added_side(
                     old, basis, mean, columns([(a, b)], side)[0], k=int(group["k"]) if allocated else k,
                     threshold=None if allocated else threshold, update=update_basis)
+                work.loadings[name][key] = store(loads[None], store_dtype)
+                group["stacked_columns"] = int(group.get("stacked_columns", 0)) + src.modules[module].rank
+                if not update_basis:  # the basis, the mean and the others' loadings stay as stored, bit for bit
+                    continue
                 int4 = int4_after(int(group["k"]), int(group.get("int4", 0)), int(new_basis.shape[1]))
                 work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
                     work.components[f"{key}.mean"] = store(new_mean, store_dtype)
                 for n in names:
                     work.loadings[n][key] = store(loads[n], store_dtype)
-                work.loadings[name][key] = store(loads[None], store_dtype)
                 group["k"] = int(new_basis.shape[1])
                 group.pop("int4", None)
                 if int4:
                     group["int4"] = int4
-                group["stacked_columns"] = int(group.get("stacked_columns", 0)) + src.modules[module].rank
                 if energies is not None:  # energies of old (as represented) and new data together
                     group["rank"] = int(energies.shape[0])
                     group["explained_variance"] = core.explained_variance(energies, group["k"])
-            for n in names:
+            for n in before:
                 drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
         work.metas[name] = {"ranks": {m: src.modules[m].rank for m in self.modules}}  # what _rebuilt needs
         self._pack_cores(work, cores)
@@ -793,9 +810,12 @@ class SHAREModel:
     def remove_adapter(self, name: str, *, show_progress: bool | None = None) -> None:
         """Drop one adapter and shrink the bases to what the remaining adapters use.
 
-        The remaining adapters' reconstructions are unchanged (up to rounding in the storage dtype): each
-        group's basis is re-fitted on the remaining loadings, so directions only the removed adapter used are
-        no longer stored. Call :meth:`save_pretrained` to keep the result.
+        Per group side: where the remaining adapters' loadings span fewer than its k directions, the basis is
+        re-fitted on them (k shrinks; directions only the removed adapter used are no longer stored) and their
+        loadings are rotated into it, which leaves their reconstructions unchanged up to rounding in the storage
+        dtype (their stored dW errors become upper bounds, as for :meth:`add_adapter`). Where they still span all
+        k, the side is kept exactly as stored: basis, mean and loadings bit for bit, and the stored errors. The
+        removed adapter's leave-one-out figure is dropped too. Call :meth:`save_pretrained` to keep the result.
         """
         self._require_complete("remove_adapter")
         self._meta(name)
@@ -807,15 +827,23 @@ class SHAREModel:
         cores = self._unpack_cores(work)
         removed_meta = work.metas.pop(name)
         drifts: dict[str, dict[str, float]] = {n: {} for n in rest}
+        refitted: list[str] = []  # modules where at least one side shrank
         for module in progress(self.modules, desc=f"removing {name}", enabled=show_progress):
-            before = {n: self._rebuilt(work, n, module) for n in rest}
+            before = None
             for side in SIDES:
                 key, group = f"{module}.{side}", work.config["groups"][module][side]
+                group["stacked_columns"] = int(group.get("stacked_columns", 0)) - int(removed_meta["ranks"][module])
+                group["rank"] = int(group["k"])  # what the remaining adapters span (all k, unless it shrinks)
+                group["explained_variance"] = None  # the removed data's share is no longer known
                 basis = work.components[f"{key}.basis"].to(self.device, compute)
                 mean = work.components.get(f"{key}.mean")
                 mean = None if mean is None else mean.to(self.device, compute)
-                new_basis, new_mean, loads = removed_side(
-                    {n: work.loadings[n][key].to(self.device, compute) for n in rest}, basis, mean)
+                refit = removed_side({n: work.loadings[n][key].to(self.device, compute) for n in rest}, basis, mean)
+                if refit is None:  # k does not shrink: basis, mean and loadings stay as stored, bit for bit
+                    continue
+                if before is None:
+                    before = {n: self._rebuilt(work, n, module) for n in rest}
+                new_basis, new_mean, loads = refit
                 int4 = int4_after(int(group["k"]), int(group.get("int4", 0)), int(new_basis.shape[1]))
                 work.components[f"{key}.basis"] = store(new_basis, store_dtype, int4)
                 if new_mean is not None:
@@ -826,15 +854,25 @@ class SHAREModel:
                 group.pop("int4", None)
                 if int4:
                     group["int4"] = int4
-                group["stacked_columns"] = int(group.get("stacked_columns", 0)) - int(removed_meta["ranks"][module])
-                group["explained_variance"] = None  # the removed data's share is no longer known
-            for n in rest:
-                drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
+            if before is not None:
+                refitted.append(module)
+                for n in rest:
+                    drifts[n][module] = drift(before[n], self._rebuilt(work, n, module))
         work.loadings.pop(name)
-        self._pack_cores(work, cores)
+        self._pack_cores(work, [m for m in cores if m in refitted])
+        for module in cores:  # no side shrank: the stored cores stay, bit for bit
+            if module in refitted:
+                continue
+            for n in rest:
+                for side in SIDES:
+                    work.loadings[n].pop(f"{module}.{side}")
+                work.loadings[n][f"{module}.core"] = self._ckpt.loadings[n][f"{module}.core"]
+            work.config["groups"][module]["per_adapter"] = "core"
         work.heads.pop(name, None)
         work.config["adapters"].remove(name)
         work.config["stats"]["dw_error"].pop(name)
+        if isinstance(work.config["stats"].get("leave_one_out"), dict):
+            work.config["stats"]["leave_one_out"].pop(name, None)
         work.config["stats"]["original_bytes"] = (int(work.config["stats"].get("original_bytes", 0))
                                                   - int(removed_meta.get("original_bytes", 0)))
         self._rebound_errors(work, rest, drifts)
