@@ -47,6 +47,7 @@ import torch
 from share_core.errors import (
     CheckpointError,
     InvalidAdapterError,
+    InvalidArgumentError,
     ShareError,
     UnknownAdapterError,
 )
@@ -611,6 +612,19 @@ def _read_config(folder: Path) -> dict:
     return read_json(folder / CONFIG_FILE, error=CheckpointError, context=f"checkpoint {folder}")
 
 
+def _selection(adapters) -> list[str] | None:
+    """`adapters` as a list of names (a single name, or any iterable, read once), or None for all of them."""
+    if adapters is None:
+        return None
+    selected = [adapters] if isinstance(adapters, str) else list(adapters)
+    if not selected:
+        raise InvalidArgumentError(
+            "adapters=[] selects no adapter, so nothing could be reconstructed. Fix: pass the names to load, "
+            "or adapters=None to load all of them."
+        )
+    return selected
+
+
 def _select(names: list[str] | None, adapters: Sequence[str] | None, folder: Path) -> list[str] | None:
     if adapters is None or names is None:
         return names
@@ -912,8 +926,7 @@ def load_checkpoint(
         ckpt.loadings["sst2"]["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A"]
         ```
     """
-    if isinstance(adapters, str):
-        adapters = [adapters]
+    adapters = _selection(adapters)
     folder = _resolve_checkpoint(path_or_id, adapters, revision, token)
     config, selected, metas = _inspect(folder, adapters)
     context = f"checkpoint {folder}"
@@ -1057,6 +1070,9 @@ def save_checkpoint(
         print(sum(sizes.values()), "bytes")
         ```
     """
+    # absolute before the swap: an in-place save from inside the checkpoint (`lorashare add . ...`) moves the
+    # working directory's folder aside, after which a relative path no longer names the new checkpoint
+    directory = Path(os.path.abspath(os.fspath(directory)))
     problems = _checkpoint_problems(ckpt)
     if problems:
         raise CheckpointError(

@@ -891,8 +891,9 @@ class SHAREModel:
         Returns:
             Bytes written per file (relative path -> bytes).
         """
-        written = save_checkpoint(self._ckpt, save_directory, overwrite=overwrite)
-        self._ckpt.path = Path(save_directory)
+        target = Path(os.path.abspath(os.fspath(save_directory)))  # before an in-place swap moves the cwd aside
+        written = save_checkpoint(self._ckpt, target, overwrite=overwrite)
+        self._ckpt.path = target
         logger.info("saved checkpoint to %s (%d bytes)", save_directory, sum(written.values()))
         return written
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from share_core.errors import InvalidArgumentError
 from share_torch import SHAREModel
 
 from .conftest import logits_of, save_adapter
@@ -204,3 +205,25 @@ def test_summary_does_not_claim_a_stale_achieved_error(pool, tmp_path):
     share.summary(print_fn=text.append)
     assert f"(achieved {achieved:.3g})" not in text[0]
     assert f"achieved {achieved:.3g} at compression" in text[0] and f"{now:.3g} now" in text[0]
+
+
+@pytest.mark.parametrize("command", ["add", "remove"])
+def test_in_place_update_run_from_inside_the_checkpoint(pool, tmp_path, command):
+    """`lorashare add . ADAPTER` / `remove . NAME` from inside the checkpoint: the swap moves the working
+    directory's folder aside, and the command used to re-read the relative path afterwards and fail (exit 1)
+    although the new checkpoint was written, so a retry then failed again on the name."""
+    ckpt = tmp_path / "ckpt"
+    assert run("compress", *map(str, pool[:3]), "-o", str(ckpt), "-k", "8", "-q").returncode == 0
+    args = ("add", ".", str(pool[3])) if command == "add" else ("remove", ".", "u0")
+    done = run(*args, "-q", cwd=ckpt)
+    assert done.returncode == 0, done.stderr
+    names = SHAREModel.from_pretrained(ckpt).adapter_names
+    assert names == (["u0", "u1", "u2", "u3"] if command == "add" else ["u1", "u2"])
+
+
+def test_partial_loading_takes_any_iterable_and_refuses_an_empty_selection(pool, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    SHAREModel.from_adapters(pool[:3], num_components=4).save_pretrained(ckpt)
+    assert SHAREModel.from_pretrained(ckpt, adapters=(n for n in ["u2", "u0"])).adapter_names == ["u0", "u2"]
+    with pytest.raises(InvalidArgumentError, match=r"adapters=\[\] selects no adapter.*Fix: pass the names"):
+        SHAREModel.from_pretrained(ckpt, adapters=[])
