@@ -669,12 +669,21 @@ class SHAREModel:
             if "dw_norm" not in meta:
                 raise CheckpointError(f"adapter {name!r} has no dw_norm in adapter_meta.json (written by an older "
                                       f"lorashare?); recompress from the original adapters to update it")
+            absolute = {m: meta["dw_error"][m] * float(meta["dw_norm"][m]) for m in meta["dw_norm"]}
             for module, moved in moved_modules.items():
-                norm = float(meta["dw_norm"][module])
-                meta["dw_error"][module] = ratio(meta["dw_error"][module] * norm + moved, norm)
+                absolute[module] += moved
+            for module in meta["dw_norm"]:
+                if float(meta["dw_norm"][module]) == 0.0:
+                    # dW is zero there (e.g. a module training never touched, with a centered basis): the error
+                    # is ||dW^|| itself, exact, which a relative figure (inf) cannot carry into the pooled one
+                    rebuilt = self._rebuilt(work, name, module)
+                    absolute[module] = dw_abs_and_norm(rebuilt["lora_A"].mT, rebuilt["lora_B"],
+                                                       rebuilt["lora_A"].mT, rebuilt["lora_B"])[1]
+            for module in moved_modules:
+                meta["dw_error"][module] = ratio(absolute[module], float(meta["dw_norm"][module]))
             meta["dw_error_is_upper_bound"] = True
             work.config["stats"]["dw_error"][name] = pooled(
-                (meta["dw_error"][m] * float(meta["dw_norm"][m]), float(meta["dw_norm"][m])) for m in meta["dw_norm"])
+                (absolute[m], float(meta["dw_norm"][m])) for m in meta["dw_norm"])
 
     def _unpack_cores(self, work: Checkpoint) -> list[str]:
         """Turn every core group of `work` into the loadings form (exact: the core's rank-r factors), so the

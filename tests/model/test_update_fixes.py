@@ -97,8 +97,9 @@ def test_exact_add_on_a_group_with_k_zero_takes_the_new_basis(pool, zeroed, cent
         a, b = everything.reconstruct(name), share.reconstruct(name)
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4 * float(a[key].abs().max()) + 1e-7)
-    if not center:  # centered, z1's all-zero module has a relative error of 0/0 already at compression
-        assert share.stats()["dw_error_max"] < 1e-4
+    # centered, z1's all-zero module has a relative error of inf (rounding over a zero norm) from compression on;
+    # the adapter's pooled error after the updates must stay a number (it became NaN: inf * 0 in the bound)
+    assert share.stats()["dw_error_max"] < 1e-4
 
 
 @pytest.mark.parametrize("per_adapter", ["loadings", "core"])
