@@ -208,8 +208,10 @@ def full_state(table: GroupTable) -> State:
     return (*table.q, 0, 0)
 
 
-def smallest_payload(tables: Sequence[GroupTable], itemsize: int) -> int:
-    return sum(t.nbytes(_start(t, t.mixed), itemsize) for t in tables)
+def smallest_payload(tables: Sequence[GroupTable], itemsize: int, int4: bool | None = None) -> int:
+    """Payload of the allocation's starting point: with int4 columns where the storage is mixed (or as `int4`
+    says)."""
+    return sum(t.nbytes(_start(t, t.mixed if int4 is None else int4 and t.mixed), itemsize) for t in tables)
 
 
 def full_payload(tables: Sequence[GroupTable], itemsize: int) -> int:

@@ -160,6 +160,12 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
         floor, ceiling = smallest_payload(tables, itemsize), full_payload(tables, itemsize)
         state, _ = allocate(tables, itemsize=itemsize, num_adapters=n, budget=floor)
         smallest = measure(build(state, search))  # one component everywhere: measures what JSON and headers cost
+        if smallest > budget_total and plan.store_dtype == MIXED:
+            # int4 columns bring their own tensors and JSON: where those cost more than they save (small d), the
+            # int8 start is the smaller checkpoint
+            state, _ = allocate(tables, itemsize=itemsize, num_adapters=n,
+                                budget=smallest_payload(tables, itemsize, int4=False), int4=False)
+            smallest = min(smallest, measure(build(state, search)))
         if smallest > budget_total:
             raise InvalidArgumentError(
                 f"target_ratio={plan.target_ratio:g} asks for at most {budget_total:,} bytes, but even one "
@@ -201,7 +207,16 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
         if plan.store_dtype == MIXED:
             # the tables predict before refinement, which can favour int8 columns (more room to refine): build
             # both allocations and keep the one whose measured errors are lower
-            tries = [meet(True), meet(False)]
+            # either may be unable to meet the budget (int8 alone reaches less far; int4's own overhead can cost
+            # more than it saves where d is small): keep those that meet it
+            tries, failure = [], None
+            for int4 in (True, False):
+                try:
+                    tries.append(meet(int4))
+                except InvalidArgumentError as exc:
+                    failure = exc
+            if not tries:
+                raise failure
             results, figures = min(tries, key=lambda t: _mean(_adapter_errors(t[0])))
         else:
             results, figures = meet(None)
@@ -209,8 +224,12 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                                "predicted_rms_error": figures["predicted_rms_error"]})
 
     target = plan.max_error
-    for attempt in range(5):
-        state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, max_error=target)
+    for attempt in range(_MAX_ERROR_TRIES + 1):
+        if attempt < _MAX_ERROR_TRIES:
+            state, figures = allocate(tables, itemsize=itemsize, num_adapters=n, max_error=target)
+        else:  # the predictions kept missing (rounding they do not model): every component, the most there is
+            state = {t.module: full_state(t) for t in tables}
+            figures = {"predicted_rms_error": 0.0}
         results = build(state)
         worst = max(_adapter_errors(results).values())
         if worst <= plan.max_error:
@@ -221,9 +240,13 @@ def _allocated(modules, sources, read, plan: Plan, *, wrap, measure) -> Built:
                            "adapter's dW error is %.3g (storage rounding); store in float32 to go lower",
                            plan.max_error, str(plan.store_dtype).removeprefix("torch."), worst)
             break
-        target = target * min(0.9, plan.max_error / worst)
+        target = target * min(0.9, plan.max_error / worst) ** (1 + attempt // 2)  # smaller steps first
     return Built(results, {"max_error": plan.max_error, "predicted_rms_error": figures["predicted_rms_error"],
                            "achieved_max_error": worst})
+
+
+#: Allocations tried for `max_error`, each for a smaller predicted error, before keeping every component.
+_MAX_ERROR_TRIES = 8
 
 
 def _mean(errors: dict[str, float]) -> float:
