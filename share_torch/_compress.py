@@ -283,6 +283,18 @@ def core_loadings(core_matrix: torch.Tensor, rank: int, device, dtype) -> dict[s
     return {"lora_B": lb, "lora_A": la}
 
 
+def as_written(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> Folded:
+    """Folded factors (A^, B^) as a reconstructed adapter of `dtype` holds them: scale unfolded, cast to `dtype`
+    (as `SHAREModel.reconstruct` writes them), folded again. For float16 / bfloat16 adapters that cast is part
+    of the error: the factors come back in another B/A split than the original's (balanced form), so they do
+    not fall on the original's grid, and rounding them costs about 2e-3 of dW in bfloat16."""
+    if dtype not in (torch.float16, torch.bfloat16) or dtype == a.dtype:
+        return a, b
+    b_out, a_out = core.fold_scale(b, a, scale=1.0 / scale)
+    b_back, a_back = core.fold_scale(b_out.to(dtype).to(b.dtype), a_out.to(dtype).to(a.dtype), scale=scale)
+    return a_back, b_back
+
+
 def dw_abs_and_norm(a: torch.Tensor, b: torch.Tensor, a_hat: torch.Tensor, b_hat: torch.Tensor) -> tuple[float, float]:
     """(||B A - B^ A^||_F, ||B A||_F) of folded factors: one pair through :func:`batched_dw_errors`."""
     return batched_dw_errors([(a, b)], [(a_hat, b_hat)])[0]
@@ -467,7 +479,8 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
                     kept[side] = out.loadings[src.name][f"{module}.{side}"]
             rebuilt = {side: restore(kept[side], *stored[side], a.device, a.dtype) for side in SIDES}
             pairs.append((a, b))
-            rebuilt_pairs.append((rebuilt["lora_A"].mT, rebuilt["lora_B"]))
+            rebuilt_pairs.append(as_written(rebuilt["lora_A"].mT, rebuilt["lora_B"], src.modules[module].scale,
+                                            src.dtype))
         for src, pair in zip(chunk, batched_dw_errors(pairs, rebuilt_pairs)):
             out.errors[src.name] = pair
     for side in SIDES:

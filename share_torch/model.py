@@ -43,6 +43,7 @@ from ._compress import (
     PER_ADAPTER_FORMS,
     SIDES,
     Reader,
+    as_written,
     columns,
     core_loadings,
     dw_abs_and_norm,
@@ -597,7 +598,7 @@ class SHAREModel:
                                  f"is it the adapter that was compressed as {name!r}?")
             compute, _ = self._dtypes()
             a, b = (t.to(self.device, compute) for t in src.load_factors(module))
-            a_hat, b_hat = self._factors(name, module)
+            a_hat, b_hat = (t.to(getattr(torch, meta["dtype"])) for t in self._factors(name, module))  # as written
             err, norm = dw_abs_and_norm(*fold(a, b, src.modules[module].scale, self.device, compute),
                                         *fold(a_hat, b_hat, float(meta["scales"][module]), self.device, compute))
             pairs.append((err, norm))
@@ -794,7 +795,8 @@ class SHAREModel:
         for module in self.modules:
             a, b = fold(*src.load_factors(module), src.modules[module].scale, self.device, compute, form)
             rebuilt = self._rebuilt(work, name, module)
-            errors[module] = dw_abs_and_norm(a, b, rebuilt["lora_A"].mT, rebuilt["lora_B"])
+            errors[module] = dw_abs_and_norm(a, b, *as_written(rebuilt["lora_A"].mT, rebuilt["lora_B"],
+                                                               src.modules[module].scale, src.dtype))
         self._rebound_errors(work, names, drifts)
         carried = src.load_carried()
         if carried:
