@@ -74,6 +74,9 @@ def build_summary(ckpt: Checkpoint, file_bytes: dict[str, int]) -> dict[str, Any
             "checkpoint": written,
             "ratio": original / written if written else 0.0,
             "by_part": by_part,
+            # loaded with adapters=[...]: the figures are those of a checkpoint of the loaded adapters alone
+            "loaded_adapters_only": len(names) < len(config["adapters"]),
+            "adapters_in_checkpoint": len(config["adapters"]),
         },
     }
 
@@ -171,6 +174,9 @@ def format_summary(stats: dict[str, Any]) -> str:
     lines.append("")
     b = stats["bytes"]
     lines.append(f"bytes: original adapter files {_human(b['original'])} ({b['original']:,}) -> checkpoint "
-                 f"{_human(b['checkpoint'])} ({b['checkpoint']:,}), {b['ratio']:.2f}x smaller")
+                 f"{_human(b['checkpoint'])} ({b['checkpoint']:,}), {b['ratio']:.2f}x smaller"
+                 + (f"; these are the {len(stats['adapters'])} loaded adapters' figures (of "
+                    f"{b['adapters_in_checkpoint']} in the checkpoint), as a checkpoint of them alone would be "
+                    "written" if b.get("loaded_adapters_only") else ""))
     lines.append("  " + ", ".join(f"{part} {_human(n)}" for part, n in sorted(b["by_part"].items())))
     return "\n".join(lines)

@@ -228,3 +228,18 @@ def test_partial_loading_takes_any_iterable_and_refuses_an_empty_selection(pool,
     assert SHAREModel.from_pretrained(ckpt, adapters=(n for n in ["u2", "u0"])).adapter_names == ["u0", "u2"]
     with pytest.raises(InvalidArgumentError, match=r"adapters=\[\] selects no adapter.*Fix: pass the names"):
         SHAREModel.from_pretrained(ckpt, adapters=[])
+
+
+def test_partial_load_says_its_bytes_are_the_loaded_adapters_alone(pool, tmp_path):
+    """stats()["bytes"] of a partial load describe a checkpoint of the loaded adapters alone (not the folder's
+    files): the summary said nothing of it, so they read as the checkpoint's own figures."""
+    ckpt = tmp_path / "ckpt"
+    full = SHAREModel.from_adapters(pool[:3], num_components=4)
+    written = sum(full.save_pretrained(ckpt).values())
+    assert full.stats()["bytes"]["checkpoint"] == written and not full.stats()["bytes"]["loaded_adapters_only"]
+    part = SHAREModel.from_pretrained(ckpt, adapters=["u1"])
+    b = part.stats()["bytes"]
+    assert b["loaded_adapters_only"] and b["adapters_in_checkpoint"] == 3 and b["checkpoint"] < written
+    lines = []
+    part.summary(print_fn=lines.append)
+    assert "these are the 1 loaded adapters' figures (of 3 in the checkpoint)" in lines[0]
