@@ -486,8 +486,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"read floor (load {load_average()})", file=sys.stderr)
         report["floor"] = read_floor(adapters)
         print(f"read floor: {report['floor']}", file=sys.stderr)
-        report["compute_floor"] = compute_floor(adapters, sc["k"])
-        print(f"compute floor: {report['compute_floor']}", file=sys.stderr)
 
     lorashare_extra = (["--layer-by-layer"] if args.layer_by_layer or memory_only else []) + (
         ["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
@@ -500,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     base = report["rows"][0]
     if base["compress"]["ok"]:  # every shape: at N = 1000 it shows that one adapter is read without the others
         report["reconstruct_one"] = time_reconstruct_one(work / "lorashare.ckpt", adapters[0].name)
+    if not args.no_floor and not memory_only:
+        # after the tools: its stacks (0.5 GB for llama-8) would raise this process's peak RSS, which Linux
+        # hands on to every child through fork and exec as the start of its ru_maxrss
+        report["compute_floor"] = compute_floor(adapters, sc["k"])
+        print(f"compute floor: {report['compute_floor']}", file=sys.stderr)
     report["load_after"] = load_average()
 
     text = render(report)
