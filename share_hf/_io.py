@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -473,7 +474,7 @@ def load_safetensors(
 
 
 #: safetensors dtype codes :func:`read_safetensors_ranges` reads (the LoRA factor dtypes), and their torch dtypes.
-_RANGE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_RANGE_DTYPES = {code: dtype for code, dtype in SAFETENSORS_DTYPES.items() if dtype.is_floating_point}
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header's bytes
 
 
@@ -541,11 +542,8 @@ def read_safetensors_ranges(
                     and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
                 raise bad(f"tensor {key!r} has shape {shape!r} and data_offsets {offsets!r}")
             begin, end = offsets
-            numel = 1
-            for d in shape:
-                numel *= d
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if not 0 <= begin <= end <= data_bytes or end - begin != numel * itemsize:
+            numel = math.prod(shape)
+            if not 0 <= begin <= end <= data_bytes or end - begin != numel * dtype.itemsize:
                 raise bad(f"tensor {key!r} of shape {tuple(shape)} in {entry['dtype']} at bytes [{begin}, {end}) "
                           f"of {data_bytes} data bytes")
             buffer = bytearray(end - begin)
