@@ -58,6 +58,8 @@ SCENARIOS = {
 TOOLS = {
     # name: (python, driver, extra compress args)
     "lorashare": (MAIN_PY, PEERS / "drive_lorashare.py", []),
+    # this checkout again, its linear algebra on the GPU (CUDA context made before the clock starts)
+    "lorashare-cuda": (MAIN_PY, PEERS / "drive_lorashare.py", ["--device", "cuda"]),
     "lorashare-0.1.3": (PEER_PY, PEERS / "drive_lorashare013.py", []),
     "vlora-dev": (PEER_PY, PEERS / "drive_vlora.py", []),
     "vlora-dev+f32": (PEER_PY, PEERS / "drive_vlora.py", ["--cast-float32"]),
@@ -159,13 +161,14 @@ def read_floor(adapters: list[Path]) -> dict:
             "bytes": sum(f.stat().st_size for f in files)}
 
 
-def compute_floor(adapters: list[Path], k: int, repeats: int = 3) -> dict:
+def compute_floor(adapters: list[Path], k: int, repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds of the least exact work any shared-basis method does once the factors are in memory: per
     (module, side), stack every adapter's columns (B, or A^T) and find the top-k left singular vectors, through
     the (n, n) Gram matrix when there are fewer stacked columns n than rows d, else the (d, d) scatter, then
     eigh and one product. No balancing, refinement, loadings, errors or writing. Timed in float64 (lorashare's
     precision for the squared matrices) and in float32 (the cheapest, less exact), best of `repeats`, in this
-    process with torch's default threads; reading the files is not timed."""
+    process with torch's default threads; reading the files is not timed. On a GPU (`device`), the stacks are
+    moved there before the clock starts and the clock stops after the device is synchronized."""
     import torch
     from safetensors import safe_open
 
@@ -179,10 +182,15 @@ def compute_floor(adapters: list[Path], k: int, repeats: int = 3) -> dict:
                 t = fh.get_tensor(key).to(torch.float32)
                 groups.setdefault(key.replace(f".{side}.", ".") + "|" + side, []).append(
                     t.mT if side == "lora_A" else t)
-    stacks = [torch.cat(cols, dim=1) for cols in groups.values()]
+    stacks = [torch.cat(cols, dim=1).to(device) for cols in groups.values()]
     del groups
 
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+
     def once(dtype: torch.dtype) -> float:
+        sync()
         t0 = time.perf_counter()
         for x in stacks:
             x = x.to(dtype)
@@ -193,11 +201,13 @@ def compute_floor(adapters: list[Path], k: int, repeats: int = 3) -> dict:
             else:
                 w, u = torch.linalg.eigh(x @ x.mT)
                 u = u[:, -k:]
+        sync()
         return time.perf_counter() - t0
 
     out = {"groups": len(stacks), "stack_shapes": sorted({tuple(x.shape) for x in stacks}), "k": k,
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "device": device}
     for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        once(dtype)  # warm-up: solver workspaces, and on a GPU its kernels and handles
         runs = [once(dtype) for _ in range(repeats)]
         out[f"{name}_best_s"], out[f"{name}_runs_s"] = min(runs), runs
     return out
@@ -325,8 +335,11 @@ def render(report: dict) -> str:
             extra = f"; k meaning: {c['result'].get('k_meaning')}" if c["ok"] and c["result"].get("k_meaning") else ""
             if c["ok"]:
                 sec = c["result"]["seconds"]
+                gpu = (f"; on {c['result']['gpu_name']}: CUDA context {fmt_s(sec['cuda_init'])} s before the clock, "
+                       f"peak GPU memory allocated {c['result']['gpu_peak_allocated_mb']:.0f} MB"
+                       if c["result"].get("gpu_name") else "")
                 out.append(f"- {r['tool']}: build {fmt_s(sec['build'])} s + save {fmt_s(sec['save'])} s; RSS after "
-                           f"imports {c['result']['rss_after_imports_mb']:.0f} MB{extra}.")
+                           f"imports {c['result']['rss_after_imports_mb']:.0f} MB{gpu}{extra}.")
             else:
                 out.append(f"- {r['tool']}: {'timed out' if c['timed_out'] else 'failed'}; last output: "
                            f"`{c['tail'].splitlines()[-1] if c['tail'] else ''}`")
@@ -341,18 +354,23 @@ def render(report: dict) -> str:
             out.append(f"lorashare compress / warm read = {base['compress_s'] / fl['warm_read_best_s']:.2f}; "
                        f"/ first read = {base['compress_s'] / fl['first_read_after_evict_s']:.2f}.")
         out.append("")
-    cf = report.get("compute_floor")
-    if cf:
+    for cf, tool in ((report.get("compute_floor"), "lorashare"), (report.get("compute_floor_cuda"), "lorashare-cuda")):
+        if not cf:
+            continue
         shapes = ", ".join(f"{d} x {n}" for d, n in cf["stack_shapes"])
+        where = (f"on the GPU ({cf['device']})" if cf.get("device", "cpu") != "cpu" else f"{cf['threads']} threads")
         out.append(f"Compute floor (the top-{cf['k']} basis of each of the {cf['groups']} stacked (module, side) "
                    f"groups, {shapes}, through its Gram or scatter matrix and eigh, nothing else; factors already "
-                   f"in memory, {cf['threads']} threads, best of {len(cf['float64_runs_s'])}): float64 "
+                   f"in memory, {where}, best of {len(cf['float64_runs_s'])} after a warm-up): float64 "
                    f"{fmt_s(cf['float64_best_s'])} s, float32 {fmt_s(cf['float32_best_s'])} s."
                    + (f" As multiples of the warm read: {cf['float64_best_s'] / fl['warm_read_best_s']:.2f} and "
                       f"{cf['float32_best_s'] / fl['warm_read_best_s']:.2f}." if fl else ""))
-        base = next((r for r in report.get("rows", []) if r["tool"] == "lorashare" and r["compress"]["ok"]), None)
+        base = next((r for r in report.get("rows", []) if r["tool"] == tool and r["compress"]["ok"]), None)
         if base:
-            out.append(f"lorashare compress / float64 compute floor = {base['compress_s'] / cf['float64_best_s']:.2f}.")
+            out.append(f"{tool} compress / float64 compute floor = {base['compress_s'] / cf['float64_best_s']:.2f}.")
+            if fl and tool != "lorashare":  # (lorashare's own ratios are under the read floor above)
+                out.append(f"{tool} compress / first read = {base['compress_s'] / fl['first_read_after_evict_s']:.2f}; "
+                           f"/ warm read = {base['compress_s'] / fl['warm_read_best_s']:.2f}.")
         out.append("")
     rt = report.get("reconstruct_one")
     if rt:
@@ -439,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     p.add_argument("--peers", default="lorashare-0.1.3,vlora-dev",
-                   help="comma-separated peers (lorashare-0.1.3, vlora-dev, vlora-dev+f32), '' for none")
+                   help="comma-separated peers (lorashare-0.1.3, vlora-dev, vlora-dev+f32, and lorashare-cuda: this "
+                        "checkout on the GPU), '' for none")
     p.add_argument("--timeout", type=float, default=600.0, help="wall-clock limit of each process, seconds")
     p.add_argument("--data", default=None, help="adapter set folder (default /tmp/lorashare-bench/<scenario>)")
     p.add_argument("--work", default=None, help="where checkpoints go (default /tmp/lorashare-bench/work-<scenario>)")
@@ -447,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer-by-layer", action="store_true", help="pass --layer-by-layer to lorashare")
     p.add_argument("--chunk-size", type=int, default=None, help="pass --chunk-size to lorashare")
     p.add_argument("--no-floor", action="store_true")
+    p.add_argument("--no-cpu", action="store_true", help="leave out lorashare on the CPU (with --peers lorashare-cuda)")
     p.add_argument("--layers", type=int, default=None,
                    help="use a subset: the first LAYERS layers of every adapter (same tensors as the full set)")
     p.add_argument("--hidden", type=int, default=None,
@@ -467,13 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     assert len(adapters) == sc["n"], (len(adapters), sc["n"])
     peers = [t for t in args.peers.split(",") if t]
     memory_only = sc.get("memory_only", False)
-    if memory_only and peers:
+    if memory_only and any(t != "lorashare-cuda" for t in peers):
         print(f"{args.scenario}: memory-only scenario, peers are not run", file=sys.stderr)
-        peers = []
+        peers = [t for t in peers if t == "lorashare-cuda"]
     for t in peers:
         if t not in TOOLS:
             p.error(f"unknown peer {t!r}; choose from {', '.join(t for t in TOOLS if t != 'lorashare')}")
-        if not PEER_PY.exists():
+        if TOOLS[t][0] == PEER_PY and not PEER_PY.exists():
             p.error("benchmarks/peers/.venv is missing: run `bash benchmarks/peers/setup.sh` first")
 
     report = {"name": args.scenario + variant, "scenario": sc, "variant": {"layers": args.layers, "hidden": args.hidden}, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -489,20 +509,27 @@ def main(argv: list[str] | None = None) -> int:
 
     lorashare_extra = (["--layer-by-layer"] if args.layer_by_layer or memory_only else []) + (
         ["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
-    for tool in ["lorashare", *peers]:
-        row = run_tool(tool, adapters, work, sc["k"], args.timeout, lorashare_extra if tool == "lorashare" else [])
+    tools = ([] if args.no_cpu else ["lorashare"]) + peers
+    if not tools:
+        p.error("--no-cpu leaves no tool to run: add --peers lorashare-cuda")
+    for tool in tools:
+        ours = TOOLS[tool][1] == TOOLS["lorashare"][1]  # this checkout, on the CPU or the GPU
+        row = run_tool(tool, adapters, work, sc["k"], args.timeout, lorashare_extra if ours else [])
         report["rows"].append(row)
         if row["compress"]["ok"] and not memory_only:
             reconstruct_and_score(row, adapters, work, args.timeout)
 
     base = report["rows"][0]
     if base["compress"]["ok"]:  # every shape: at N = 1000 it shows that one adapter is read without the others
-        report["reconstruct_one"] = time_reconstruct_one(work / "lorashare.ckpt", adapters[0].name)
+        report["reconstruct_one"] = time_reconstruct_one(work / f"{base['tool']}.ckpt", adapters[0].name)
     if not args.no_floor and not memory_only:
         # after the tools: its stacks (0.5 GB for llama-8) would raise this process's peak RSS, which Linux
         # hands on to every child through fork and exec as the start of its ru_maxrss
         report["compute_floor"] = compute_floor(adapters, sc["k"])
         print(f"compute floor: {report['compute_floor']}", file=sys.stderr)
+        if "lorashare-cuda" in peers:
+            report["compute_floor_cuda"] = compute_floor(adapters, sc["k"], device="cuda")
+            print(f"compute floor on the GPU: {report['compute_floor_cuda']}", file=sys.stderr)
     report["load_after"] = load_average()
 
     text = render(report)

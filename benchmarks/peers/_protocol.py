@@ -3,7 +3,7 @@
 A driver is run by ``benchmarks/compare.py`` as its own process (lorashare in the project's .venv, the peers
 in ``benchmarks/peers/.venv``), so imports, memory and threads of one tool never touch another's. Two commands:
 
-    driver.py compress OUT -k K ADAPTER_DIR... [--layer-by-layer] [--chunk-size N]
+    driver.py compress OUT -k K ADAPTER_DIR... [--layer-by-layer] [--chunk-size N] [--device cuda]
     driver.py reconstruct CKPT OUT_DIR NAME... [--like ADAPTER_DIR]
 
 Each prints one line ``BENCH_JSON {...}`` on stdout: the seconds of each step, timed with
@@ -34,6 +34,7 @@ def parse(argv=None) -> argparse.Namespace:
     c.add_argument("--layer-by-layer", action="store_true")
     c.add_argument("--chunk-size", type=int, default=None)
     c.add_argument("--cast-float32", action="store_true", help="vlora-dev only: cast factors to float32 first")
+    c.add_argument("--device", default="cpu", help="lorashare only: where its linear algebra runs")
     r = sub.add_parser("reconstruct")
     r.add_argument("checkpoint")
     r.add_argument("out_dir")
