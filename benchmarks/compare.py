@@ -393,7 +393,7 @@ def render(report: dict) -> str:
 # ---------------------------------------------------------------------------------------- main
 
 
-def ensure_adapters(scenario: dict, folder: Path, layers: int | None, hidden: int | None) -> dict:
+def ensure_adapters(scenario: dict, folder: Path, layers: int | None, hidden: int | None, workers: int = 1) -> dict:
     sys.path.insert(0, str(HERE))
     import synthetic
 
@@ -407,7 +407,7 @@ def ensure_adapters(scenario: dict, folder: Path, layers: int | None, hidden: in
             return g
         raise SystemExit(f"{folder} holds another adapter set ({g}); pass --data or remove it")
     print(f"generating {want} into {folder}", file=sys.stderr)
-    return synthetic.generate(scenario["shape"], scenario["n"], folder, layers=layers, hidden=hidden)
+    return synthetic.generate(scenario["shape"], scenario["n"], folder, layers=layers, hidden=hidden, workers=workers)
 
 
 def run_tool(tool: str, adapters: list[Path], work: Path, k: int, timeout: float, extra: list[str]) -> dict:
@@ -474,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable for every tool process (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
     p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--gen-workers", type=int, default=1, help="processes generating a missing adapter set")
     args = p.parse_args(argv)
 
     sc = SCENARIOS[args.scenario]
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data or f"/tmp/lorashare-bench/{args.scenario}{variant}")
     work = Path(args.work or f"/tmp/lorashare-bench/work-{args.scenario}{variant}")
     work.mkdir(parents=True, exist_ok=True)
-    generation = ensure_adapters(sc, data, args.layers, args.hidden)
+    generation = ensure_adapters(sc, data, args.layers, args.hidden, args.gen_workers)
     adapters = adapter_folders(data)
     assert len(adapters) == sc["n"], (len(adapters), sc["n"])
     peers = [t for t in args.peers.split(",") if t]

@@ -178,13 +178,30 @@ def write_adapter(folder: Path, shape: Shape, tensors: dict) -> int:
 
 def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, subspace: int = 12,
              noise: float = 0.15, b_ratio: float = 30.0, start: int = 0, layers: int | None = None,
-             hidden: int | None = None, quiet: bool = False) -> dict:
+             hidden: int | None = None, quiet: bool = False, workers: int = 1) -> dict:
     """Write adapters ``adapter_{start:04d}`` .. into `out`; returns a summary (bytes, seconds).
 
     `layers` keeps only the first that many layers of the shape; their tensors are the same as in the full
     set (modules are drawn in layer order from each adapter's own generator). `hidden` replaces the hidden
     size (a proxy set: same modules, ranks and so the same number and size of loadings, smaller factors).
+    `workers` > 1 writes contiguous ranges of adapters in that many processes: each adapter comes from its
+    own generator, so the files are the same as with one.
     """
+    if workers > 1 and n > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        t0 = time.perf_counter()
+        step = -(-n // workers)
+        ranges = [(i, min(step, start + n - i)) for i in range(start, start + n, step)]
+        kw = {"seed": seed, "subspace": subspace, "noise": noise, "b_ratio": b_ratio, "layers": layers,
+              "hidden": hidden, "quiet": True}
+        with concurrent.futures.ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_generate_part, [(shape_name, m, str(out), i, kw) for i, m in ranges]))
+        summary = {**parts[0], "n": n, "start": start, "bytes": sum(p["bytes"] for p in parts),
+                   "seconds": time.perf_counter() - t0, "workers": len(ranges)}
+        (Path(out) / "generated.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
     shape = SHAPES[shape_name]
     if layers is not None:
         shape = dataclasses.replace(shape, layers=layers)
@@ -211,6 +228,11 @@ def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, 
     return summary
 
 
+def _generate_part(job: tuple) -> dict:
+    shape_name, n, out, start, kw = job
+    return generate(shape_name, n, out, start=start, **kw)
+
+
 def adapter_folders(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if (p / "adapter_config.json").is_file())
 
@@ -227,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=0, help="index of the first adapter (to extend a set)")
     p.add_argument("--layers", type=int, default=None, help="keep only the first LAYERS layers (a subset)")
     p.add_argument("--hidden", type=int, default=None, help="replace the hidden size (a small proxy set)")
+    p.add_argument("--workers", type=int, default=1, help="processes writing adapters side by side (same files)")
     p.add_argument("--check", action="store_true", help="open every folder with share_hf.open_adapter afterwards")
     p.add_argument("--check-peft", action="store_true",
                    help="roberta-base only: load the first adapter with PEFT onto a small random "
                         "RobertaForSequenceClassification of the same dimensions and compare every tensor")
     args = p.parse_args(argv)
     s = generate(args.shape, args.n, args.out, seed=args.seed, subspace=args.subspace, noise=args.noise,
-                 b_ratio=args.b_ratio, start=args.start, layers=args.layers, hidden=args.hidden)
+                 b_ratio=args.b_ratio, start=args.start, layers=args.layers, hidden=args.hidden, workers=args.workers)
     print(json.dumps(s))
     if args.check:
         from share_hf import open_adapter

@@ -70,7 +70,8 @@ def test_cuda_equals_cpu(bert_set, options):
             assert gpu.num_components(module, side) == cpu.num_components(module, side)
     # k=4 < rank: the random adapters have distinct singular values, so the kept subspace is the same
     _close(cpu, gpu, rtol=1e-4 if options["num_components"] == 64 else 1e-3)
-    assert gpu.stats()["dw_error_mean"] == pytest.approx(cpu.stats()["dw_error_mean"], rel=1e-3, abs=1e-6)
+    # at full rank both are float32 rounding (1e-6 on the CPU, 4e-6 on an H100): equal within 1e-5
+    assert gpu.stats()["dw_error_mean"] == pytest.approx(cpu.stats()["dw_error_mean"], rel=1e-3, abs=1e-5)
 
 
 def test_bf16_adapters_on_cuda_come_back_in_bf16(llama_bf16, tmp_path):
