@@ -209,18 +209,23 @@ def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, 
         shape = dataclasses.replace(shape, hidden=hidden)
     # One thread: the work is thousands of small ops, for which torch's OpenMP threads cost more than they
     # bring on a busy 2-core machine (measured: 0.17 s per Llama-shaped adapter with 1 thread, 0.85 s with 2).
+    # The caller's thread count comes back afterwards: compare.py times its compute floor in this process.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spaces = Subspaces(shape, seed, subspace)
     t0 = time.perf_counter()
     total = 0
-    for i in range(start, start + n):
-        total += write_adapter(out / f"adapter_{i:04d}", shape,
-                               adapter_tensors(shape, spaces, i, noise=noise, b_ratio=b_ratio))
-        if not quiet and (i - start + 1) % max(1, n // 20) == 0:
-            el = time.perf_counter() - t0
-            print(f"  {i - start + 1}/{n} adapters, {total / 1e9:.2f} GB, {el:.1f} s", file=sys.stderr)
+    try:
+        spaces = Subspaces(shape, seed, subspace)
+        for i in range(start, start + n):
+            total += write_adapter(out / f"adapter_{i:04d}", shape,
+                                   adapter_tensors(shape, spaces, i, noise=noise, b_ratio=b_ratio))
+            if not quiet and (i - start + 1) % max(1, n // 20) == 0:
+                el = time.perf_counter() - t0
+                print(f"  {i - start + 1}/{n} adapters, {total / 1e9:.2f} GB, {el:.1f} s", file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     summary = {"shape": shape_name, "n": n, "start": start, "seed": seed, "subspace": subspace, "noise": noise,
                "b_ratio": b_ratio, "layers": shape.layers, "hidden": shape.hidden, "bytes": total, "seconds": seconds, "folder": str(out)}
