@@ -428,6 +428,38 @@ def read_json(path: Path, *, error: type[ShareError], context: str) -> dict:
 # ------------------------------------------------------------------------------- safetensors
 
 
+#: Headers longer than this are not prefetched (safetensors itself refuses headers over 100 MB).
+_PREFETCH_LIMIT = 100_000_000
+
+
+def _prefetch_header(path: Path) -> None:
+    """Bring the header of `path` into the page cache with positioned reads, readahead off.
+
+    safetensors reads the header through a memory map of the whole file, and the first page fault on a cold
+    file reads the block device's readahead window around it (`read_ahead_kb`: 8 MB on the benchmark
+    machine): 8.4 MB read per Llama-7B-shaped adapter opened, 8.4 GB for 1000 of them, for headers of a few
+    KB. Once the header's pages are cached, that fault reads nothing from the disk. Best effort: where this
+    fails (no such file, no pread), `safe_open` reports whatever is wrong."""
+    if not hasattr(os, "pread"):
+        return
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        first = os.pread(fd, 8, 0)
+        if len(first) == 8:
+            n = int.from_bytes(first, "little")
+            if 0 < n <= _PREFETCH_LIMIT:
+                os.pread(fd, n, 8)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_safetensors_header(
     path: Path, *, error: type[ShareError], context: str
 ) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -436,6 +468,7 @@ def read_safetensors_header(
     Raises:
         error: The file is missing, truncated or not a safetensors file (the message names it).
     """
+    _prefetch_header(path)
     try:
         with safe_open(os.fspath(path), framework="pt") as handle:
             header = {}
