@@ -425,6 +425,38 @@ def read_json(path: Path, *, error: type[ShareError], context: str) -> dict:
     return data
 
 
+# ------------------------------------------------------------------------------------- JSON
+
+_INF_TOKEN = "\u0000lorashare-inf\u0000"
+
+
+def strict_json(data: object, **dumps_options: object) -> str:
+    """`json.dumps` whose output every JSON parser reads: an infinite float (the relative dW error of an
+    adapter whose dW is zero, where its reconstruction is not) is written as the number ``1e999``, which
+    the JSON grammar allows and Python, JavaScript and jq read back as infinity (or the largest double),
+    instead of Python's bare ``Infinity``, which strict parsers refuse.
+
+    Raises:
+        ValueError: a string in `data` holds the marker used for infinities.
+        TypeError: `data` holds something JSON cannot hold.
+    """
+
+    def swap(x: object) -> object:
+        if isinstance(x, float) and math.isinf(x):
+            return _INF_TOKEN if x > 0 else "-" + _INF_TOKEN
+        if isinstance(x, dict):
+            return {k: swap(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [swap(v) for v in x]
+        if isinstance(x, str) and _INF_TOKEN in x:
+            raise ValueError("a string holds the marker that stands for infinity in lorashare's JSON writer")
+        return x
+
+    text = json.dumps(swap(data), **dumps_options)
+    token = json.dumps(_INF_TOKEN)
+    return text.replace(json.dumps("-" + _INF_TOKEN), "-1e999").replace(token, "1e999")
+
+
 # ------------------------------------------------------------------------------- safetensors
 
 

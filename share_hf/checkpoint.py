@@ -65,6 +65,7 @@ from share_hf._io import (
     replaced_siblings,
     safetensors_nbytes,
     save_safetensors,
+    strict_json,
 )
 from share_hf._quant import INT4_CODE, SCALES_KEY, decode, encode, scales_problems
 from share_hf.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
@@ -1033,7 +1034,7 @@ def _checkpoint_problems(ckpt: Checkpoint) -> list[str]:
 def _json_text(data: object, what: str, error: type[ShareError]) -> str:
     try:
         # compact: with many adapters the metadata is a real share of the bytes (json.tool pretty-prints it)
-        return json.dumps(data, separators=(",", ":")) + "\n"
+        return strict_json(data, separators=(",", ":")) + "\n"  # (infinite errors as 1e999: strict JSON)
     except (TypeError, ValueError, RecursionError) as exc:
         raise error(
             f"{what} cannot be written as JSON ({exc}). Fix: keep it to str, numbers, bools, "

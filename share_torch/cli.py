@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -80,7 +79,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     share = SHAREModel.from_pretrained(args.checkpoint)
     if args.json:
-        print(json.dumps(share.stats(), indent=2, sort_keys=True))
+        from share_hf._io import strict_json
+
+        print(strict_json(share.stats(), indent=2, sort_keys=True))
     else:
         share.summary()
     return 0

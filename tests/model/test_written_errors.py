@@ -44,3 +44,47 @@ def test_reported_errors_are_those_of_the_written_half_precision_adapters(tmp_pa
         assert afresh == pytest.approx(from_files, rel=1e-3, abs=1e-7)
     if factor_form == "balanced" and dtype == torch.bfloat16:  # the case that was misreported: a real error
         assert max(share.config["stats"]["dw_error"].values()) > 1e-3
+
+
+def _strict(text: str):
+    """Parse as strict JSON parsers do (JavaScript's JSON.parse, serde_json): no Infinity / NaN constants."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_infinite_error_is_written_as_strict_json(tmp_path):
+    """An untrained adapter (B = 0, so dW = 0) under a centered basis comes back as the basis's residue of the
+    mean, not as zero: its relative error is infinite. Python's json wrote that as a bare `Infinity`, which
+    strict parsers refuse; it is now the number 1e999, read back as infinity."""
+    import math
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    from .conftest import base_bert
+
+    paths = [save_adapter(tmp_path / f"t{i}", seed=i) for i in range(2)]
+    untrained = get_peft_model(base_bert(), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                       task_type="SEQ_CLS"))  # PEFT's own init: B = 0
+    untrained.save_pretrained(tmp_path / "untrained")
+    share = SHAREModel.from_adapters([*paths, tmp_path / "untrained"], num_components=2, center=True)
+    assert math.isinf(share.stats()["dw_error"]["untrained"])
+    ckpt = tmp_path / "ckpt"
+    share.save_pretrained(ckpt)
+    for path in [ckpt / "share_config.json", *ckpt.glob("adapters/*/*.json")]:
+        _strict(path.read_text())
+    assert _strict((ckpt / "share_config.json").read_text())["stats"]["dw_error"]["untrained"] == math.inf
+    assert math.isinf(SHAREModel.from_pretrained(ckpt).stats()["dw_error"]["untrained"])
+
+    lorashare = Path(sys.executable).parent / "lorashare"
+    info = subprocess.run([str(lorashare), "info", str(ckpt), "--json"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert _strict(info.stdout)["dw_error"]["untrained"] == math.inf
