@@ -520,15 +520,19 @@ def main(argv: list[str] | None = None) -> int:
         if row["compress"]["ok"] and not memory_only:
             reconstruct_and_score(row, adapters, work, args.timeout)
 
-    base = report["rows"][0]
-    if base["compress"]["ok"]:  # every shape: at N = 1000 it shows that one adapter is read without the others
+    # this checkout's first row that finished (on the CPU, or on the GPU with --no-cpu); never a peer's
+    base = next((r for r in report["rows"] if TOOLS[r["tool"]][1] == TOOLS["lorashare"][1] and r["compress"]["ok"]),
+                None)
+    if base:  # every shape: at N = 1000 it shows that one adapter is read without the others
         report["reconstruct_one"] = time_reconstruct_one(work / f"{base['tool']}.ckpt", adapters[0].name)
     if not args.no_floor and not memory_only:
         # after the tools: its stacks (0.5 GB for llama-8) would raise this process's peak RSS, which Linux
         # hands on to every child through fork and exec as the start of its ru_maxrss
         report["compute_floor"] = compute_floor(adapters, sc["k"])
         print(f"compute floor: {report['compute_floor']}", file=sys.stderr)
-        if "lorashare-cuda" in peers:
+        import torch
+
+        if "lorashare-cuda" in peers and torch.cuda.is_available():
             report["compute_floor_cuda"] = compute_floor(adapters, sc["k"], device="cuda")
             print(f"compute floor on the GPU: {report['compute_floor_cuda']}", file=sys.stderr)
     report["load_after"] = load_average()

@@ -178,7 +178,7 @@ def write_adapter(folder: Path, shape: Shape, tensors: dict) -> int:
 
 def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, subspace: int = 12,
              noise: float = 0.15, b_ratio: float = 30.0, start: int = 0, layers: int | None = None,
-             hidden: int | None = None, quiet: bool = False, workers: int = 1) -> dict:
+             hidden: int | None = None, quiet: bool = False, workers: int = 1, _summary: bool = True) -> dict:
     """Write adapters ``adapter_{start:04d}`` .. into `out`; returns a summary (bytes, seconds).
 
     `layers` keeps only the first that many layers of the shape; their tensors are the same as in the full
@@ -195,7 +195,7 @@ def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, 
         step = -(-n // workers)
         ranges = [(i, min(step, start + n - i)) for i in range(start, start + n, step)]
         kw = {"seed": seed, "subspace": subspace, "noise": noise, "b_ratio": b_ratio, "layers": layers,
-              "hidden": hidden, "quiet": True}
+              "hidden": hidden, "quiet": True, "_summary": False}  # only the whole set's generated.json
         with concurrent.futures.ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_generate_part, [(shape_name, m, str(out), i, kw) for i, m in ranges]))
         summary = {**parts[0], "n": n, "start": start, "bytes": sum(p["bytes"] for p in parts),
@@ -229,7 +229,8 @@ def generate(shape_name: str, n: int, out: str | os.PathLike, *, seed: int = 0, 
     seconds = time.perf_counter() - t0
     summary = {"shape": shape_name, "n": n, "start": start, "seed": seed, "subspace": subspace, "noise": noise,
                "b_ratio": b_ratio, "layers": shape.layers, "hidden": shape.hidden, "bytes": total, "seconds": seconds, "folder": str(out)}
-    (out / "generated.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if _summary:
+        (out / "generated.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

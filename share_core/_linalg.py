@@ -156,8 +156,10 @@ def _power_of_two_scales(x: Array, xp: Namespace) -> Array | None:
     if _lapack_backed(x, xp) or math.prod(x.shape) == 0:
         return None
     big = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
-    return xp.where(big > 0, 2.0 ** xp.floor(xp.log2(xp.where(big > 0, big, xp.ones_like(big)))),
-                    xp.ones_like(big))
+    exponent = xp.floor(xp.log2(xp.where(big > 0, big, xp.ones_like(big))))
+    top = float(math.floor(math.log2(xp.finfo(x.dtype).max)))  # log2 rounds up to 128 near float32's max
+    exponent = xp.where(exponent > top, xp.full_like(exponent, top), exponent)
+    return xp.where(big > 0, 2.0 ** exponent, xp.ones_like(big))
 
 
 def qr(x: Array, caller: str, xp: Namespace) -> tuple[Array, Array]:

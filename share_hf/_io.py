@@ -431,13 +431,13 @@ _INF_TOKEN = "\u0000lorashare-inf\u0000"
 
 
 def strict_json(data: object, **dumps_options: object) -> str:
-    """`json.dumps` whose output every JSON parser reads: an infinite float (the relative dW error of an
-    adapter whose dW is zero, where its reconstruction is not) is written as the number ``1e999``, which
-    the JSON grammar allows and Python, JavaScript and jq read back as infinity (or the largest double),
-    instead of Python's bare ``Infinity``, which strict parsers refuse.
+    """`json.dumps` with infinite floats (the relative dW error of an adapter whose dW is zero, where its
+    reconstruction is not) written as the number ``1e999``, which the JSON grammar allows and Python,
+    JavaScript and jq read back as infinity (or the largest double), instead of Python's bare ``Infinity``,
+    which strict parsers refuse. NaN, which lorashare does not write, would still come out as Python's ``NaN``.
 
     Raises:
-        ValueError: a string in `data` holds the marker used for infinities.
+        ValueError: a string or key in `data` holds the marker used for infinities.
         TypeError: `data` holds something JSON cannot hold.
     """
 
@@ -445,7 +445,7 @@ def strict_json(data: object, **dumps_options: object) -> str:
         if isinstance(x, float) and math.isinf(x):
             return _INF_TOKEN if x > 0 else "-" + _INF_TOKEN
         if isinstance(x, dict):
-            return {k: swap(v) for k, v in x.items()}
+            return {swap(k) if isinstance(k, str) else k: swap(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return [swap(v) for v in x]
         if isinstance(x, str) and _INF_TOKEN in x:
@@ -484,7 +484,7 @@ def _prefetch_header(path: Path) -> None:
         first = os.pread(fd, 8, 0)
         if len(first) == 8:
             n = int.from_bytes(first, "little")
-            if 0 < n <= _PREFETCH_LIMIT:
+            if 0 < n <= min(_PREFETCH_LIMIT, os.fstat(fd).st_size - 8):  # (a damaged length reads nothing)
                 os.pread(fd, n, 8)
     except OSError:
         pass

@@ -25,6 +25,7 @@ import share_core as core
 from share_core._basis import gram_fit, gram_leading
 from share_core._core_form import factor_core
 from share_core._factors import dw_errors_and_norms
+from share_core._linalg import qr, r_factor  # (scaled first on GPUs, whose QRs square entries unscaled)
 from share_core._refine import refine_stacks, stacked_columns
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
@@ -141,8 +142,9 @@ def balance_batch(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> tup
     if not bool(torch.isfinite(a.sum() + b.sum())) and not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
         # (a finite sum proves every entry finite; only a non-finite one is checked entry by entry)
         raise InvalidArgumentError("a LoRA factor holds NaN or infinity; the adapter weights are corrupt")
-    qb, rb = torch.linalg.qr(b)
-    qa, ra = torch.linalg.qr(a.mT)
+    xp = core.array_namespace(b)
+    qb, rb = qr(b, "balance", xp)
+    qa, ra = qr(a.mT, "balance", xp)
     uk, sk, vhk = torch.linalg.svd((rb @ ra.mT) * scales[:, None, None])
     root = torch.sqrt(sk)
     b_bal = (qb @ uk) * root[:, None, :]
@@ -417,7 +419,8 @@ def _narrowed(folded: Sequence[Folded], other: torch.Tensor, *, left: bool) -> l
     out: list[torch.Tensor] = []
     for y_part, x_part in zip(chunks(ys, BLOCK), chunks(xs, BLOCK)):
         y, m = torch.stack(list(y_part)), torch.stack(list(x_part)) @ other
-        out += (y @ m if m.shape[2] <= m.shape[1] else y @ torch.linalg.qr(m.mT, mode="r").R.mT).unbind(0)
+        out += (y @ m if m.shape[2] <= m.shape[1] else y @ r_factor(m.mT, "refine", core.array_namespace(m)).mT
+                ).unbind(0)
     return out
 
 
@@ -427,7 +430,7 @@ def _narrow(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     the (d, k) products, so its scatter (where there are more stacked columns than rows) costs r/k as much."""
     if m.shape[1] <= m.shape[0]:
         return y @ m
-    return y @ torch.linalg.qr(m.mT, mode="r").R.mT
+    return y @ r_factor(m.mT, "refine", core.array_namespace(m)).mT
 
 
 def _blocks(folds: Folds) -> Iterator[tuple[Sequence[AdapterSource], list[Folded]]]:

@@ -125,3 +125,32 @@ def test_relative_error_edge_cases(backend):
     assert float(sc.relative_error(big, zero)) == 1.0  # no overflow in the squares
     with pytest.raises(ShapeError, match=r"\(2, 2\).*\(4,\)"):
         sc.relative_error(zero, backend.asarray(np.zeros(4)))
+
+
+@pytest.mark.parametrize("magnitude", [None, 1e25, 1e-25, 1e-40])
+@pytest.mark.parametrize("name", ["array_api_strict", "torch"])
+def test_qr_scaling_keeps_r_at_the_ends_of_float32(name, magnitude, monkeypatch):
+    """QRs off LAPACK (GPUs; array_api_strict here) scale each item by a power of two first, because GPU QRs
+    square entries unscaled. R must come out as LAPACK's, down into the subnormals and up to an entry at the
+    float32 maximum (`None`), whose log2 rounds up to 128 in float32: the scale must not become 2**128 = inf."""
+    import array_api_strict
+    import torch
+
+    from share_core import _linalg
+
+    if name == "torch":  # CPU torch takes the scaled path as a GPU would
+        monkeypatch.setattr(_linalg, "_lapack_backed", lambda x, xp: False)
+    if magnitude is None:  # one entry at the maximum, the rest small: R is representable
+        x = np.array([[[3.4028235e38, 1.0], [1.0, 2.0], [0.5, 0.25]]], dtype=np.float32)
+        magnitude = 3.4028235e38
+    else:
+        base = np.random.default_rng(7).standard_normal((3, 6, 4))
+        x = (base / np.abs(base).max(axis=(1, 2), keepdims=True) * magnitude).astype(np.float32)
+    expected = np.linalg.qr(x.astype(np.float64))[1]
+    arr = array_api_strict.asarray(x) if name == "array_api_strict" else torch.asarray(x)
+    xp = sc.array_namespace(arr)
+    for r in (_linalg.qr(arr, "test", xp)[1], _linalg.r_factor(arr, "test", xp)):
+        got = np.asarray(r.numpy() if name == "torch" else np.from_dlpack(r), dtype=np.float64)
+        assert np.all(np.isfinite(got))
+        # R is unique up to the sign of each row
+        assert np.allclose(np.abs(got), np.abs(expected), rtol=1e-4, atol=1e-5 * magnitude)
