@@ -101,3 +101,23 @@ def test_update_errors_leave_the_model_unchanged(pool, tmp_path):
         partial.add_adapter(pool[4])
     with pytest.raises(InvalidArgumentError, match="loaded with adapters"):
         partial.remove_adapter("t0")
+
+
+@pytest.mark.parametrize("k", [64, 4])
+@pytest.mark.parametrize("update", ["add", "remove"])
+def test_upper_bounds_hold_for_half_precision_adapters(tmp_path, k, update):
+    """A bf16 adapter is written back in bf16, and the cast is part of its stored error. After an update that
+    moves its reconstruction, the stored figure becomes a bound (error before + float32 drift) that must still
+    hold for the files as written, module by module (the cast of the moved factors rounds differently)."""
+    pool = [save_adapter(tmp_path / f"h{i}", seed=30 + i, r=4, alpha=8, dtype=torch.bfloat16) for i in range(5)]
+    share = SHAREModel.from_adapters(pool[:4] if update == "add" else pool, num_components=k)
+    if update == "add":
+        share.add_adapter(pool[4])
+    else:
+        share.remove_adapter("h4")
+    for src in pool[:4]:
+        stored = share.reconstruction_error(src.name)["per_module"]
+        actual = share.reconstruction_error(src.name, original_path=src)["per_module"]
+        for module, figures in actual.items():
+            assert figures["dw"] <= stored[module]["dw"] * (1 + 1e-4) + 1e-7, (src.name, module, figures,
+                                                                                stored[module])
