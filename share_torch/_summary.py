@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -164,6 +165,13 @@ def format_summary(stats: dict[str, Any]) -> str:
                                               else f"          {'n/a':>9}")
         lines.append(f"{name:<{width}}  {err:.3e}" + figure)
     lines.append(f"{'mean':<{width}}  {stats['dw_error_mean']:.3e}   (max {stats['dw_error_max']:.3e})")
+    zero = [name for name, err in stats["dw_error"].items() if math.isinf(err)]
+    if zero:
+        finite = [err for err in stats["dw_error"].values() if not math.isinf(err)]
+        lines.append(f"inf: {', '.join(zero)} {'has' if len(zero) == 1 else 'have'} dW = 0 (an untrained adapter: "
+                     "B = 0?), and a centered basis rebuilds it as its residue of the mean, not as zero"
+                     + (f"; the other adapters: mean {sum(finite) / len(finite):.3e} (max {max(finite):.3e})"
+                        if finite else ""))
     if held_out is not None and len(held_out) < len(stats["dw_error"]):
         lines.append("leave-one-out n/a: the adapter was added after compression, so no figure was measured for it")
     if held_out:

@@ -88,3 +88,10 @@ def test_an_infinite_error_is_written_as_strict_json(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert info.returncode == 0, info.stderr
     assert _strict(info.stdout)["dw_error"]["untrained"] == math.inf
+    table = subprocess.run([str(lorashare), "info", str(ckpt)], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert table.returncode == 0, table.stderr
+    others = [share.stats()["dw_error"][p.name] for p in paths]
+    assert (f"inf: untrained has dW = 0 (an untrained adapter: B = 0?), and a centered basis rebuilds it as its "
+            f"residue of the mean, not as zero; the other adapters: mean {sum(others) / 2:.3e} (max {max(others):.3e})"
+            in table.stdout), table.stdout
