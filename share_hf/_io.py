@@ -460,8 +460,24 @@ def strict_json(data: object, **dumps_options: object) -> str:
 # ------------------------------------------------------------------------------- safetensors
 
 
-#: Headers longer than this are not prefetched (safetensors itself refuses headers over 100 MB).
-_PREFETCH_LIMIT = 100_000_000
+_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header's bytes
+
+
+def _header_bytes(fd: int, size: int) -> tuple[int, bytes]:
+    """(length the file gives, bytes read) of the JSON header of the safetensors file open as `fd` (`size`
+    bytes), with two positioned reads; fewer bytes than the length where the file is cut short.
+
+    Raises:
+        ValueError: the file is too short for a header length, or the length does not fit the file (the
+            message says which, for the caller's error).
+    """
+    first = os.pread(fd, 8, 0)
+    if len(first) < 8:
+        raise ValueError(f"{size} bytes, fewer than the 8 of a header length")
+    n = int.from_bytes(first, "little")
+    if not 0 < n <= min(size - 8, _MAX_HEADER):
+        raise ValueError(f"header length {n} in a file of {size} bytes")
+    return n, os.pread(fd, n, 8)
 
 
 def _prefetch_header(path: Path) -> None:
@@ -481,12 +497,8 @@ def _prefetch_header(path: Path) -> None:
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        first = os.pread(fd, 8, 0)
-        if len(first) == 8:
-            n = int.from_bytes(first, "little")
-            if 0 < n <= min(_PREFETCH_LIMIT, os.fstat(fd).st_size - 8):  # (a damaged length reads nothing)
-                os.pread(fd, n, 8)
-    except OSError:
+        _header_bytes(fd, os.fstat(fd).st_size)
+    except (OSError, ValueError):  # (a damaged length reads nothing; safe_open then says what is wrong)
         pass
     finally:
         os.close(fd)
@@ -540,7 +552,6 @@ def load_safetensors(
 
 #: safetensors dtype codes :func:`read_safetensors_ranges` reads (the LoRA factor dtypes), and their torch dtypes.
 _RANGE_DTYPES = {code: dtype for code, dtype in SAFETENSORS_DTYPES.items() if dtype.is_floating_point}
-_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header's bytes
 
 
 def read_safetensors_ranges(
@@ -577,13 +588,10 @@ def read_safetensors_ranges(
         size = os.fstat(fd).st_size
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: read exactly the ranges asked for
-        first = os.pread(fd, 8, 0)
-        if len(first) < 8:
-            raise bad(f"{size} bytes, fewer than the 8 of a header length")
-        n = int.from_bytes(first, "little")
-        if not 0 < n <= min(size - 8, _MAX_HEADER):
-            raise bad(f"header length {n} in a file of {size} bytes")
-        raw = os.pread(fd, n, 8)
+        try:
+            n, raw = _header_bytes(fd, size)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
         try:
             header = json.loads(raw) if len(raw) == n else None
         except (ValueError, RecursionError):
