@@ -47,6 +47,7 @@ from ._compress import (
     select,
     storage_itemsize,
 )
+from ._parallel import folded_bytes, module_workers, ordered_map
 
 logger = logging.getLogger("lorashare")
 
@@ -80,18 +81,25 @@ def dw_norm_squared(a: torch.Tensor, b: torch.Tensor) -> float:
 def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan,
                     fits_of: Callable[[str, Folds], dict], kk_of: Callable[[str, dict], dict[str, int]],
                     wrap: Callable, int4_of: Callable[[str], dict[str, int]] | None = None) -> dict[str, ModuleResult]:
-    results = {}
-    for module in wrap(modules):
+    def one(module: str) -> ModuleResult:
         folds = Folds(module, sources, read, plan.chunk_size)
         fits = fits_of(module, folds)
-        results[module] = finish_module(module, sources, folds, fits, kk_of(module, fits),
-                                        per_adapter=plan.per_adapter, refine_steps=plan.refine_steps,
-                                        store_dtype=plan.store_dtype,
-                                        int4=None if int4_of is None else int4_of(module))
-        if read.preloaded is None:  # layer_by_layer: peak memory is one module's work plus the output
+        result = finish_module(module, sources, folds, fits, kk_of(module, fits), per_adapter=plan.per_adapter,
+                               refine_steps=plan.refine_steps, store_dtype=plan.store_dtype,
+                               int4=None if int4_of is None else int4_of(module))
+        if read.preloaded is None:  # layer_by_layer: peak memory is the modules in flight plus the output
             del folds, fits
             release_freed_memory()
-    return results
+        return result
+
+    return dict(ordered_map(one, modules, _workers(modules, sources, read), wrap))
+
+
+def _workers(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader) -> int:
+    """Modules to work on at once (`share_torch._parallel.module_workers`), sized by the largest module."""
+    largest = max((folded_bytes([s.modules[m].rank for s in sources], sources[0].modules[m].d_in,
+                                sources[0].modules[m].d_out, read.dtype) for m in modules), default=0)
+    return module_workers(read.device, largest, len(modules))
 
 
 def compress_all(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan, *,
@@ -116,11 +124,10 @@ def _tables(modules, sources, read, plan, wrap) -> tuple[dict[str, dict], list[G
             for src, (a, b) in zip(chunk, folded):
                 norms[src.name] += dw_norm_squared(a, b)
     weights = {n: (1.0 / v if v > 0 else 0.0) for n, v in norms.items()}
-    fits_by_module, tables = {}, []
-    for module in wrap(modules, "fitting bases"):
+
+    def one(module: str) -> tuple[dict, GroupTable]:
         folds = Folds(module, sources, read, plan.chunk_size)
         fits = fit_sides(folds.parts(), center=False)
-        fits_by_module[module] = fits
         u = fits["lora_B"].basis[:, :MAX_COMPONENTS]
         v = fits["lora_A"].basis[:, :MAX_COMPONENTS]
         m = torch.zeros(u.shape[1], v.shape[1], dtype=torch.float64, device=u.device)
@@ -130,8 +137,14 @@ def _tables(modules, sources, read, plan, wrap) -> tuple[dict[str, dict], list[G
                 m += weights[src.name] * (c.to(torch.float64) ** 2)
         info = sources[0].modules[module]
         noise = (rounding_noise(u), rounding_noise(v)) if plan.store_dtype == MIXED else None
-        tables.append(gain_table(module, info.d_out, info.d_in, [s.modules[module].rank for s in sources], m,
-                                 plan.per_adapter, noise))
+        return fits, gain_table(module, info.d_out, info.d_in, [s.modules[module].rank for s in sources], m,
+                                plan.per_adapter, noise)
+
+    fits_by_module, tables = {}, []
+    for module, (fits, table) in ordered_map(one, modules, _workers(modules, sources, read),
+                                             lambda items: wrap(items, "fitting bases")):
+        fits_by_module[module] = fits
+        tables.append(table)
     return fits_by_module, tables
 
 
@@ -265,11 +278,11 @@ def leave_one_out(modules: Sequence[str], sources: Sequence[AdapterSource], read
     An estimate of how well a new adapter like these would be represented by `add_adapter(...,
     update_basis=False)`; compare it with the in-set errors to decide between projecting and refitting.
     """
-    pairs: dict[str, list[tuple[float, float]]] = {s.name: [] for s in sources}
-    for module in wrap(modules, "leave-one-out"):
+    def one(module: str) -> list[tuple[float, float]]:
         folded = [f for _, part in Folds(module, sources, read, None) for f in part]
         kk = {side: int(groups[module][side]["k"]) for side in SIDES}
-        for i, src in enumerate(sources):
+        out = []
+        for i in range(len(sources)):
             rest = folded[:i] + folded[i + 1:]
             fits = fit_sides(iter([rest]), center=plan.center)
             bases = {side: fits[side].basis[:, :kk[side]] for side in SIDES}
@@ -278,7 +291,14 @@ def leave_one_out(modules: Sequence[str], sources: Sequence[AdapterSource], read
                                                           plan.refine_steps)
             a, b = folded[i]
             a_hat, b_hat = project_pair(a, b, bases, {side: fits[side].mean for side in SIDES})
-            pairs[src.name].append(dw_abs_and_norm(a, b, a_hat, b_hat))
+            out.append(dw_abs_and_norm(a, b, a_hat, b_hat))
+        return out
+
+    pairs: dict[str, list[tuple[float, float]]] = {s.name: [] for s in sources}
+    for _, per_adapter in ordered_map(one, modules, _workers(modules, sources, read),
+                                      lambda items: wrap(items, "leave-one-out")):
+        for src, pair in zip(sources, per_adapter):
+            pairs[src.name].append(pair)
     return {name: pooled(p) for name, p in pairs.items()}
 
 

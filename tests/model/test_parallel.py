@@ -1,0 +1,137 @@
+"""Modules compressed side by side on the CPU (share_torch._parallel): the one-thread checkpoint bit for bit,
+torch's thread count restored, errors raised with the rest of the work cancelled."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from share_torch import InvalidAdapterError, SHAREModel
+from share_torch import _build
+from share_torch._parallel import IN_FLIGHT_BYTES, module_workers, ordered_map
+
+from .conftest import save_adapter
+
+
+@pytest.fixture(scope="module")
+def llama_adapters(tmp_path_factory) -> list:
+    root = tmp_path_factory.mktemp("llama")  # 2 layers x 4 projections: 8 modules
+    return [save_adapter(root / f"task{i}", kind="llama", seed=i, r=4, alpha=8) for i in range(5)]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _threads_used(monkeypatch) -> set[str]:
+    """Names of the threads that run `finish_module` (recorded, then the real one runs)."""
+    names: set[str] = set()
+    real = _build.finish_module
+
+    def recording(*args, **kwargs):
+        names.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_build, "finish_module", recording)
+    return names
+
+
+def _one_thread(fn):
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("options", [
+    {"num_components": 3},
+    {"num_components": 3, "layer_by_layer": True},
+    {"max_error": 0.5},
+    {"num_components": 3, "leave_one_out": True},
+], ids=["k", "layer-by-layer", "max-error", "leave-one-out"])
+def test_parallel_modules_give_the_one_thread_checkpoint_bit_for_bit(llama_adapters, two_threads, monkeypatch,
+                                                                      tmp_path, options):
+    names = _threads_used(monkeypatch)
+    parallel = SHAREModel.from_adapters(llama_adapters, **options)
+    assert torch.get_num_threads() == 2
+    assert len({n for n in names if n.startswith("lorashare")}) == 2, names  # both workers took modules
+    names.clear()
+    alone = _one_thread(lambda: SHAREModel.from_adapters(llama_adapters, **options))
+    assert names == {threading.current_thread().name}  # one thread: the plain loop
+    # each worker's operators are single-threaded, as the one-thread run's are: the same numbers exactly
+    parallel.save_pretrained(tmp_path / "parallel")
+    alone.save_pretrained(tmp_path / "alone")
+    files = sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone").rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*.safetensors"))
+    for file in files:
+        one, two = load_file(tmp_path / "parallel" / file), load_file(tmp_path / "alone" / file)
+        assert one.keys() == two.keys()
+        for key in one:
+            assert torch.equal(one[key], two[key]), key
+    assert parallel.stats() == alone.stats()
+    for name in parallel.adapter_names:
+        rebuilt, reference = parallel.reconstruct(name), alone.reconstruct(name)
+        assert all(torch.equal(rebuilt[key], reference[key]) for key in reference)
+
+
+def test_a_corrupt_module_read_by_a_worker_raises_and_restores_torch_threads(llama_adapters, two_threads, tmp_path):
+    """Under layer_by_layer the workers read the files: a NaN there is reported as without workers."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(llama_adapters[0], bad)
+    weights = load_file(bad / "adapter_model.safetensors")
+    key = sorted(k for k in weights if "layers.1." in k and "lora_A" in k)[0]
+    weights[key][0, 0] = float("nan")
+    save_file(weights, bad / "adapter_model.safetensors")
+    with pytest.raises(InvalidAdapterError, match="NaN"):
+        SHAREModel.from_adapters([*llama_adapters[1:], bad], num_components=3, layer_by_layer=True)
+    assert torch.get_num_threads() == 2
+
+
+def test_ordered_map_keeps_order_and_cancels_what_has_not_started_after_an_error(two_threads):
+    def slow_square(i: int) -> int:
+        time.sleep(0.002 * (i % 3))  # finishing out of order
+        return i * i
+
+    assert list(ordered_map(slow_square, list(range(20)), 2)) == [(i, i * i) for i in range(20)]
+    started: list[int] = []
+
+    def failing(i: int) -> int:
+        started.append(i)
+        time.sleep(0.01)
+        if i == 1:
+            raise ValueError("module 1 failed")
+        return i
+
+    with pytest.raises(ValueError, match="module 1 failed"):
+        list(ordered_map(failing, list(range(50)), 2))
+    assert len(started) < 10, started  # the queued items were cancelled, not run
+    assert torch.get_num_threads() == 2
+
+
+def test_ordered_map_restores_threads_when_the_consumer_stops_early(two_threads):
+    results = ordered_map(lambda i: i, list(range(10)), 2)
+    assert next(results) == (0, 0)
+    results.close()
+    assert torch.get_num_threads() == 2
+
+
+def test_module_workers_follow_threads_memory_and_device():
+    small = 4 * 2**20  # one module of 8 Llama-7B-shaped adapters, float32
+    assert module_workers(torch.device("cpu"), small, 128, threads=2) == 2
+    assert module_workers(torch.device("cpu"), small, 128, threads=16) == 16
+    assert module_workers(torch.device("cpu"), small, 1, threads=16) == 1  # one module: nothing to share
+    assert module_workers(torch.device("cpu"), small, 128, threads=1) == 1  # the user's torch.set_num_threads(1)
+    assert module_workers(torch.device("cpu"), IN_FLIGHT_BYTES // 3, 128, threads=16) == 3
+    assert module_workers(torch.device("cpu"), 2 * IN_FLIGHT_BYTES, 128, threads=16) == 1  # N = 1000: alone
+    assert module_workers(torch.device("cuda"), small, 128, threads=16) == 1  # one stream: the plain loop
