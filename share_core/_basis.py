@@ -7,7 +7,7 @@ import operator
 
 from share_core._arguments import InvalidArgumentError, check_matrix, check_real
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
-from share_core._linalg import check_finite, column_signs, eigh, frobenius, qr
+from share_core._linalg import check_finite, column_signs, eigh, eigh_leading, frobenius, qr
 from share_core._stats import center as center_columns
 
 __all__ = ["basis", "basis_with_route", "gram_fit", "gram_leading", "METHODS"]
@@ -139,7 +139,8 @@ def _covariance_route(
 ) -> tuple[Array, Array]:
     """Eigenvectors of the (d, d) scatter x x^T."""
     scatter, c = _scatter(x, _squaring_dtype(x, accumulate, xp), xp)
-    w, v = eigh(scatter, xp=xp)
+    # only `keep` vectors are ever used: LAPACK's restricted route computes only those (every eigenvalue still)
+    w, v = eigh(scatter, xp=xp) if keep is None else eigh_leading(scatter, keep, xp=xp)
     q = _count_above(w, _eig_threshold(w, rtol, scale / c, xp.finfo(scatter.dtype).eps, xp), xp)
     return as_work(v[:, : _kept(q, keep)], x.dtype, xp), as_work(w[:q] * (c * c), x.dtype, xp)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from share_core._arguments import InvalidArgumentError, check_positive_int
 from share_core._basis import _count_above, _eig_threshold, _gram_eigh, _squaring_dtype
 from share_core._compat import Array, Namespace, array_namespace, as_work, device, linalg_function, work_dtype
-from share_core._linalg import check_finite, column_signs, eigh, qr
+from share_core._linalg import check_finite, column_signs, eigh_leading, qr
 from share_core.errors import ShapeError
 
 __all__ = ["refine_bases"]
@@ -61,7 +61,7 @@ def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: f
     m = xp.reshape(loads, (n_items, r, k_other))                                    # block i: other_i^T basis
     g = m @ m.mT                                                                    # (N, r, r): M M^T by block
     rb = xp.permute_dims(xp.reshape(root, (n, n_items, r)), (1, 0, 2))             # (N, n, r): R by block
-    w, vecs = eigh(xp.reshape(xp.permute_dims(rb @ g, (1, 0, 2)), (n, n)) @ root.mT, xp=xp)  # R M M^T R^T
+    w, vecs = eigh_leading(xp.reshape(xp.permute_dims(rb @ g, (1, 0, 2)), (n, n)) @ root.mT, k, xp=xp)  # R M M^T R^T
     rtol = max(d, n_items * k_other) * eps
     q = _count_above(w, _eig_threshold(w, rtol, xp.zeros((), dtype=w.dtype, device=device(w)),
                                        xp.finfo(w.dtype).eps, xp), xp)
