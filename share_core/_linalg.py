@@ -133,33 +133,16 @@ def _scipy_lapack():
     return lapack, eigh_tridiagonal, ThreadpoolController().select(user_api="blas")
 
 
-_BLAS_LOCK = threading.Lock()
-_blas_users = 0
-_blas_limiter = None
-
-
 @contextlib.contextmanager
 def _one_blas_thread(blas):
-    """SciPy's BLAS on one thread while any caller is inside (counted, so that concurrent callers restore the
-    user's setting once, when the last leaves).
+    """SciPy's BLAS held at one thread inside; yields whether that took effect (read back from the libraries).
 
     Left at its default, SciPy's OpenBLAS starts a thread per core beside torch's OpenMP threads, and the two
-    pools spin against each other: the compression of 100 roberta-base-shaped adapters took 9 s instead of
-    5 s on 2 cores, with or without module threads. LAPACK calls through SciPy also hold the GIL, so they
-    cannot overlap each other in any case."""
-    global _blas_users, _blas_limiter
-    with _BLAS_LOCK:
-        if _blas_users == 0:
-            _blas_limiter = blas.limit(limits=1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+    pools spin against each other: compressing 100 roberta-base-shaped adapters took 9 s instead of 5 s on 2
+    cores. Its thread count also changes the rounding of the reduction, so one count is needed for
+    reproducible results."""
+    with blas.limit(limits=1):
+        yield all(lib["num_threads"] == 1 for lib in blas.info())
 
 
 def _host_array(s: Array, xp: Namespace):
@@ -186,8 +169,13 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
     own ``?syevr`` with the vectors restricted, not an iterative approximation: the accuracy of a full
     decomposition, for a quarter to a fifth of its time at d = 4096, k = 32 (measured on one core: float32
     2.2 s against 8.9 s for ``torch.linalg.eigh``, float64 4.0 s against 20 s). Elsewhere (GPUs, other
-    namespaces, no SciPy or threadpoolctl, k near d) the full :func:`eigh`, sliced. SciPy's BLAS runs on one
-    thread meanwhile (:func:`_one_blas_thread`).
+    namespaces, no SciPy or threadpoolctl, k near d) the full :func:`eigh`, sliced.
+
+    The restricted route runs only in the main thread, with SciPy's BLAS held at one thread
+    (:func:`_one_blas_thread`); other threads (share_torch's module workers among them) get the full
+    :func:`eigh`. Measured: threadpoolctl's limit read back 1 in the main thread but had no effect when set
+    from other threads, and two threads calling SciPy's LAPACK at once gave results that changed from run to
+    run (OpenBLAS shares its thread pool between callers), while torch's eigh is the same whatever the thread.
     """
     xp = array_namespace(s) if xp is None else xp
     d, d2 = check_matrix(s, "s")
@@ -196,14 +184,15 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
     k = min(int(k), d)
     lapack = _scipy_lapack()
     dtype = work_dtype(xp, s)
-    if lapack is not None and 1 <= k and 4 * k <= d and d >= LEADING_MIN_SIZE and dtype in (xp.float32, xp.float64):
+    if (lapack is not None and 1 <= k and 4 * k <= d and d >= LEADING_MIN_SIZE and dtype in (xp.float32, xp.float64)
+            and threading.current_thread() is threading.main_thread()):
         s = as_work(s, dtype, xp)
         check_finite(s, "s", "eigh", xp)
         host = _host_array((s + s.mT) / 2, xp)
         if host is not None:
             lapack, tridiagonal, blas = lapack
-            with _one_blas_thread(blas):
-                found = _restricted(host, k, lapack, tridiagonal)
+            with _one_blas_thread(blas) as single:
+                found = _restricted(host, k, lapack, tridiagonal) if single else None
             if found is not None:
                 w, v = found
                 if is_torch(xp):

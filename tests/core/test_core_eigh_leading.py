@@ -94,3 +94,21 @@ def test_refusals_match_eigh():
         eigh_leading(s, 8)
     with pytest.raises(ShapeError, match=r"\(300, 299\)"):
         eigh_leading(np.zeros((300, 299)), 8)
+
+
+def test_other_threads_get_the_full_decomposition(restricted_calls):
+    """SciPy's BLAS thread count cannot be held from other threads (and concurrent callers share its pool), so
+    only the main thread takes the restricted route: elsewhere the answer is eigh's, the same every time."""
+    import threading
+
+    s = _scatter(np.random.default_rng(4), 300, 300)
+    found = {}
+    worker = threading.Thread(target=lambda: found.update(result=eigh_leading(s, 16)))
+    worker.start()
+    worker.join()
+    w_full, v_full = eigh(s)
+    np.testing.assert_array_equal(found["result"][0], w_full)
+    np.testing.assert_array_equal(found["result"][1], v_full[:, :16])
+    assert restricted_calls == []
+    eigh_leading(s, 16)
+    assert len(restricted_calls) == 1

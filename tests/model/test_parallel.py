@@ -1,5 +1,6 @@
-"""Modules compressed side by side on the CPU (share_torch._parallel): the one-thread checkpoint bit for bit,
-torch's thread count restored, errors raised with the rest of the work cancelled."""
+"""Modules compressed side by side on the CPU (share_torch._parallel): the same result every run (bit for bit the
+one-thread checkpoint where no eigensolver takes LAPACK's restricted route), torch's thread count restored,
+errors raised with the rest of the work cancelled."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+import share_core._linalg as linalg
 
 from share_torch import InvalidAdapterError, SHAREModel
 from share_torch import _build
@@ -135,3 +138,56 @@ def test_module_workers_follow_threads_memory_and_device():
     assert module_workers(torch.device("cpu"), IN_FLIGHT_BYTES // 3, 128, threads=16) == 3
     assert module_workers(torch.device("cpu"), 2 * IN_FLIGHT_BYTES, 128, threads=16) == 1  # N = 1000: alone
     assert module_workers(torch.device("cuda"), small, 128, threads=16) == 1  # one stream: the plain loop
+
+
+@pytest.fixture(scope="module")
+def wide_adapters(tmp_path_factory) -> list:
+    """40 rank-8 adapters on a 1-layer Llama of hidden size 256: q_proj's sides stack 320 columns of 256 rows,
+    so their bases come from 256 x 256 scatter matrices, the size where the main thread's eigensolver takes
+    LAPACK's restricted route (share_core._linalg.eigh_leading) and module workers the full eigh."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("wide")
+    config = LlamaConfig(vocab_size=32, hidden_size=256, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    shared = torch.randn(6, 256)  # a subspace the adapters share, plus their own noise
+    folders = []
+    for i in range(40):
+        model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_A" in name:
+                    p.copy_(torch.randn(8, 6) @ shared + 0.3 * torch.randn_like(p))
+                elif "lora_B" in name:
+                    p.mul_(0.3)
+        model.save_pretrained(root / f"task{i}")
+        base = model.unload()
+        folders.append(root / f"task{i}")
+    return folders
+
+
+def test_parallel_compression_is_the_same_every_run_where_the_main_thread_would_use_lapacks_restricted_route(
+        wide_adapters, two_threads, monkeypatch):
+    restricted: list[str] = []
+    real = linalg._restricted
+
+    def recording(*args):
+        restricted.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(linalg, "_restricted", recording)
+    runs = [SHAREModel.from_adapters(wide_adapters, num_components=32) for _ in range(2)]
+    assert restricted == []  # module workers: torch's full eigh, the same whatever the timing
+    assert runs[0].stats() == runs[1].stats()
+    for name in runs[0].adapter_names:
+        one, two = runs[0].reconstruct(name), runs[1].reconstruct(name)
+        assert all(torch.equal(one[key], two[key]) for key in one), name
+    alone = _one_thread(lambda: SHAREModel.from_adapters(wide_adapters, num_components=32))
+    assert restricted and set(restricted) == {threading.main_thread().name}
+    # another eigensolver, the same decomposition: equal up to rounding
+    for name, error in alone.stats()["dw_error"].items():
+        assert error == pytest.approx(runs[0].stats()["dw_error"][name], rel=1e-4, abs=1e-7)
