@@ -118,19 +118,35 @@ def _gram_route(
 
 
 _SCATTER_BLOCK = 2048  # columns of x scaled (and widened) at a time for the scatter
+_SCATTER_ROWS = 512  # rows per block of the scatter's lower triangle, for d >= 2 * _SCATTER_ROWS
 
 
 def _scatter(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
     """(y y^T, c) with ``y = x / c`` in `dtype`, ``c = max |x|`` (1 for zero data), as :func:`_unit_scaled`
     gives it, summed over blocks of columns: no copy of the whole (d, n) stack is made (a stack of many
-    adapters can be most of the memory in use)."""
+    adapters can be most of the memory in use).
+
+    For d >= 1024 only the lower triangle is multiplied out, 512 rows at a time (row block i against rows
+    0 .. its end), and mirrored: 56% of the products at d = 4096. Measured on 2 threads for a 4096 x 16000
+    stack (a module side of 1000 Llama-7B-shaped adapters): 4.1-4.5 s -> 2.3-2.8 s, equal bit for bit there
+    (each entry is the same dot product)."""
     c = _data_scale(x, dtype, xp)
-    s = None
+    d = x.shape[0]
+    rows = [(a, min(a + _SCATTER_ROWS, d)) for a in range(0, d, _SCATTER_ROWS)] if d >= 2 * _SCATTER_ROWS else None
+    s, parts = None, None
     for start in range(0, x.shape[1], _SCATTER_BLOCK):
         y = as_work(x[:, start:min(start + _SCATTER_BLOCK, x.shape[1])], dtype, xp) / c
-        s = y @ y.mT if s is None else s + y @ y.mT
+        if rows is None:
+            s = y @ y.mT if s is None else s + y @ y.mT
+            continue
+        products = [y[a:b, :] @ y[:b, :].mT for a, b in rows]
+        parts = products if parts is None else [p + q for p, q in zip(parts, products)]
+    if parts is not None:
+        lower = xp.concat([xp.concat([p, xp.zeros((p.shape[0], d - p.shape[1]), dtype=p.dtype, device=device(p))],
+                                     axis=1) for p in parts], axis=0)
+        s = xp.tril(lower) + xp.tril(lower, k=-1).mT
     if s is None:
-        s = xp.zeros((x.shape[0], x.shape[0]), dtype=dtype, device=device(x))
+        s = xp.zeros((d, d), dtype=dtype, device=device(x))
     return s, c
 
 

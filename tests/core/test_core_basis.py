@@ -214,3 +214,29 @@ def test_the_scatter_is_summed_over_column_blocks_without_a_copy_of_the_stack(ba
     u, energies, _ = sc.basis(x, method="covariance")
     np.testing.assert_allclose(to_numpy(energies), np.linalg.svd(x_np.astype(np.float64), compute_uv=False) ** 2,
                                rtol=1e-4)
+
+
+def test_scatter_of_a_tall_stack_is_its_lower_triangle_mirrored(backend, dtype):
+    """For d >= 1024 the scatter multiplies out only its lower triangle, 512 rows at a time, across column
+    blocks: it must equal the plain product and be exactly symmetric (d not a multiple of 512, n across the
+    2048-column blocks)."""
+    from share_core._basis import _scatter
+
+    rng = np.random.default_rng(5)
+    x_np = low_rank(rng, 1100, 2500, np.logspace(0, -2, 40)) + 1e-3 * rng.standard_normal((1100, 2500))
+    s, c = _scatter(backend.asarray(x_np, dtype), backend.asarray(x_np, dtype).dtype, backend.xp)
+    s, c = to_numpy(s), float(to_numpy(c))
+    y = x_np / c
+    expected = y @ y.T
+    assert s.shape == (1100, 1100)
+    np.testing.assert_array_equal(s, s.T)
+    assert np.abs(s - expected).max() <= (1e-5 if dtype == "float32" else 1e-12) * np.abs(expected).max()
+
+
+def test_covariance_route_of_a_tall_stack_is_exact_at_the_rank(backend, dtype):
+    rng = np.random.default_rng(6)
+    x_np = low_rank(rng, 1100, 1300, np.logspace(0, -1, 30))
+    u, energies, _, route = basis_with_route(backend.asarray(x_np, dtype), method="covariance")
+    u = to_numpy(u)
+    assert u.shape == (1100, 30) and route == "covariance"
+    assert rel(u @ (u.T @ x_np), x_np) < (1e-4 if dtype == "float32" else 1e-10)
