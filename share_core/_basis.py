@@ -141,10 +141,19 @@ def _scatter(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
             continue
         products = [y[a:b, :] @ y[:b, :].mT for a, b in rows]
         parts = products if parts is None else [p + q for p, q in zip(parts, products)]
+        del products
     if parts is not None:
-        lower = xp.concat([xp.concat([p, xp.zeros((p.shape[0], d - p.shape[1]), dtype=p.dtype, device=device(p))],
-                                     axis=1) for p in parts], axis=0)
-        s = xp.tril(lower) + xp.tril(lower, k=-1).mT
+        # each block row: its columns left of the diagonal block, the diagonal block's lower triangle, zeros
+        blocks = []
+        while parts:
+            p = parts.pop(0)
+            a, b = rows[len(blocks)]
+            blocks.append(xp.concat([p[:, :a], xp.tril(p[:, a:b]),
+                                     xp.zeros((b - a, d - b), dtype=p.dtype, device=device(p))], axis=1))
+            del p
+        lower = xp.concat(blocks, axis=0)
+        del blocks
+        s = lower + xp.tril(lower, k=-1).mT
     if s is None:
         s = xp.zeros((d, d), dtype=dtype, device=device(x))
     return s, c

@@ -142,16 +142,22 @@ def _one_blas_thread(blas):
     cores. Its thread count also changes the rounding of the reduction, so one count is needed for
     reproducible results."""
     with blas.limit(limits=1):
-        yield all(lib["num_threads"] == 1 for lib in blas.info())
+        found = blas.info()  # empty when threadpoolctl does not know the library (then nothing is held)
+        yield bool(found) and all(lib["num_threads"] == 1 for lib in found)
+
+
+def _on_host(s: Array, xp: Namespace) -> bool:
+    """Whether `s` is a NumPy array or a PyTorch CPU tensor (whose memory NumPy can share)."""
+    if is_torch(xp):
+        return s.device.type == "cpu"
+    import numpy as np
+
+    return isinstance(s, np.ndarray)
 
 
 def _host_array(s: Array, xp: Namespace):
-    """`s` as a NumPy array sharing its memory, when it is a NumPy array or a PyTorch CPU tensor; else None."""
-    import numpy as np
-
-    if is_torch(xp):
-        return s.detach().numpy() if s.device.type == "cpu" else None
-    return s if isinstance(s, np.ndarray) else None
+    """`s` (on the host, :func:`_on_host`) as a NumPy array sharing its memory."""
+    return s.detach().numpy() if is_torch(xp) else s
 
 
 def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[Array, Array]:
@@ -182,25 +188,26 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
     if d != d2:
         raise ShapeError(f"eigh_leading expects a square matrix (d, d), found shape {(d, d2)}")
     k = min(int(k), d)
-    lapack = _scipy_lapack()
     dtype = work_dtype(xp, s)
-    if (lapack is not None and 1 <= k and 4 * k <= d and d >= LEADING_MIN_SIZE and dtype in (xp.float32, xp.float64)
-            and threading.current_thread() is threading.main_thread()):
+    lapack = None
+    if (1 <= k and 4 * k <= d and d >= LEADING_MIN_SIZE and dtype in (xp.float32, xp.float64)
+            and threading.current_thread() is threading.main_thread() and _on_host(s, xp)):
+        lapack = _scipy_lapack()
+    if lapack is not None:
+        lapack, tridiagonal, blas = lapack
         s = as_work(s, dtype, xp)
         check_finite(s, "s", "eigh", xp)
         host = _host_array((s + s.mT) / 2, xp)
-        if host is not None:
-            lapack, tridiagonal, blas = lapack
-            with _one_blas_thread(blas) as single:
-                found = _restricted(host, k, lapack, tridiagonal) if single else None
-            if found is not None:
-                w, v = found
-                if is_torch(xp):
-                    import torch
+        with _one_blas_thread(blas) as single:
+            found = _restricted(host, k, lapack, tridiagonal) if single else None
+        if found is not None:
+            w, v = found
+            if is_torch(xp):
+                import torch
 
-                    w, v = torch.from_numpy(w), torch.from_numpy(v)
-                w = xp.where(w > 0, w, xp.zeros_like(w))
-                return w, v * column_signs(v, xp)[None, :]
+                w, v = torch.from_numpy(w), torch.from_numpy(v)
+            w = xp.where(w > 0, w, xp.zeros_like(w))
+            return w, v * column_signs(v, xp)[None, :]
     w, v = eigh(s, xp=xp)
     return w, v[:, :k]
 

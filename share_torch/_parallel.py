@@ -64,8 +64,10 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int,
         for item, future in wrap(list(zip(items, futures))):
             yield item, future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)  # the workers' set_num_threads(1) also lowers MKL's process-wide count
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # (also after a second Ctrl-C during the wait)
+            torch.set_num_threads(threads)  # the workers' set_num_threads(1) also lowered the process-wide count
 
 
 def folded_bytes(ranks: Iterable[int], d_in: int, d_out: int, dtype: torch.dtype) -> int:

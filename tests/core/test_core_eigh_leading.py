@@ -112,3 +112,25 @@ def test_other_threads_get_the_full_decomposition(restricted_calls):
     assert restricted_calls == []
     eigh_leading(s, 16)
     assert len(restricted_calls) == 1
+
+
+def test_refinement_half_steps_take_the_restricted_route_and_agree_with_the_full_one(monkeypatch, restricted_calls):
+    """refine_bases' half-steps decompose an (n, n) matrix of which they keep k vectors: with n = N r = 320 >= 256
+    and 4 k <= n, the restricted route; the refined bases must be the full eigh's."""
+    import share_core as sc
+
+    rng = np.random.default_rng(7)
+    n_items, r, d, k = 40, 8, 400, 16
+    shared = rng.standard_normal((6, d))
+    a = np.stack([rng.standard_normal((r, 6)) @ shared + 0.3 * rng.standard_normal((r, d)) for _ in range(n_items)])
+    b = 0.3 * rng.standard_normal((n_items, d, r))
+    u0 = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    v0 = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    u, v = sc.refine_bases(b, a, u0, v0, steps=2)
+    assert len(restricted_calls) == 4  # two half-steps per step, each of a 320 x 320 matrix
+    assert {size for size, _ in restricted_calls} == {n_items * r}
+    monkeypatch.setattr(linalg, "_scipy_lapack", lambda: None)
+    u_full, v_full = sc.refine_bases(b, a, u0, v0, steps=2)
+    np.testing.assert_allclose(u @ u.T, u_full @ u_full.T, atol=1e-9)
+    np.testing.assert_allclose(v @ v.T, v_full @ v_full.T, atol=1e-9)
+    np.testing.assert_allclose(np.abs(u), np.abs(u_full), atol=1e-9)

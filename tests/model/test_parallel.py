@@ -34,6 +34,16 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+def _process_threads() -> int:
+    """torch's thread count as a newly started thread finds it: the process-wide count that the workers'
+    set_num_threads(1) lowers (the main thread's own OpenMP count stays as it was either way)."""
+    seen: list[int] = []
+    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    return seen[0]
+
+
 def _threads_used(monkeypatch) -> set[str]:
     """Names of the threads that run `finish_module` (recorded, then the real one runs)."""
     names: set[str] = set()
@@ -65,7 +75,7 @@ def test_parallel_modules_give_the_one_thread_checkpoint_bit_for_bit(llama_adapt
                                                                       tmp_path, options):
     names = _threads_used(monkeypatch)
     parallel = SHAREModel.from_adapters(llama_adapters, **options)
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and _process_threads() == 2
     assert len({n for n in names if n.startswith("lorashare")}) == 2, names  # both workers took modules
     names.clear()
     alone = _one_thread(lambda: SHAREModel.from_adapters(llama_adapters, **options))
@@ -98,7 +108,7 @@ def test_a_corrupt_module_read_by_a_worker_raises_and_restores_torch_threads(lla
     save_file(weights, bad / "adapter_model.safetensors")
     with pytest.raises(InvalidAdapterError, match="NaN"):
         SHAREModel.from_adapters([*llama_adapters[1:], bad], num_components=3, layer_by_layer=True)
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and _process_threads() == 2
 
 
 def test_ordered_map_keeps_order_and_cancels_what_has_not_started_after_an_error(two_threads):
@@ -119,14 +129,14 @@ def test_ordered_map_keeps_order_and_cancels_what_has_not_started_after_an_error
     with pytest.raises(ValueError, match="module 1 failed"):
         list(ordered_map(failing, list(range(50)), 2))
     assert len(started) < 10, started  # the queued items were cancelled, not run
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and _process_threads() == 2
 
 
 def test_ordered_map_restores_threads_when_the_consumer_stops_early(two_threads):
     results = ordered_map(lambda i: i, list(range(10)), 2)
     assert next(results) == (0, 0)
     results.close()
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and _process_threads() == 2
 
 
 def test_module_workers_follow_threads_memory_and_device():
