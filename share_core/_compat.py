@@ -117,6 +117,11 @@ def as_work(x: Array, dtype: Any, xp: Namespace) -> Array:
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
+def is_numpy(xp: Namespace) -> bool:
+    """Whether `xp` is NumPy's namespace (whose arrays SciPy's LAPACK wrappers take as they are)."""
+    return array_api_compat.is_numpy_namespace(xp)
+
+
 def is_torch(xp: Namespace) -> bool:
     """Whether `xp` is PyTorch's namespace (for the few calls it offers beyond the standard, e.g. an
     R-only QR; callers keep the standard route for every other namespace)."""

@@ -13,7 +13,8 @@ import math
 import threading
 
 from share_core._arguments import InvalidArgumentError, check_matrix
-from share_core._compat import Array, Namespace, array_namespace, as_work, device, is_torch, linalg_function, work_dtype
+from share_core._compat import (Array, Namespace, array_namespace, as_work, device, is_numpy, is_torch, linalg_function,
+                                work_dtype)
 from share_core.errors import ShapeError
 
 __all__ = ["eigh", "eigh_leading", "svd", "qr", "r_factor", "column_signs", "check_finite", "frobenius"]
@@ -148,11 +149,7 @@ def _one_blas_thread(blas):
 
 def _on_host(s: Array, xp: Namespace) -> bool:
     """Whether `s` is a NumPy array or a PyTorch CPU tensor (whose memory NumPy can share)."""
-    if is_torch(xp):
-        return s.device.type == "cpu"
-    import numpy as np
-
-    return isinstance(s, np.ndarray)
+    return s.device.type == "cpu" if is_torch(xp) else is_numpy(xp)
 
 
 def _host_array(s: Array, xp: Namespace):
@@ -201,11 +198,7 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
         with _one_blas_thread(blas) as single:
             found = _restricted(host, k, lapack, tridiagonal) if single else None
         if found is not None:
-            w, v = found
-            if is_torch(xp):
-                import torch
-
-                w, v = torch.from_numpy(w), torch.from_numpy(v)
+            w, v = (xp.asarray(t) for t in found)  # (torch shares the NumPy arrays' memory)
             w = xp.where(w > 0, w, xp.zeros_like(w))
             return w, v * column_signs(v, xp)[None, :]
     w, v = eigh(s, xp=xp)
@@ -215,11 +208,10 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
 def _restricted(a, k: int, lapack, eigh_tridiagonal):
     """(all eigenvalues descending, k leading eigenvectors) of the symmetric NumPy matrix `a` (overwritten)
     through LAPACK's tridiagonal route; None when LAPACK reports a failure (the caller then decomposes fully)."""
-    import numpy as np
-    from numpy.linalg import LinAlgError
+    from scipy.linalg import LinAlgError
 
     n = a.shape[0]
-    prefix = "d" if a.dtype == np.float64 else "s"
+    prefix = "d" if a.dtype.itemsize == 8 else "s"  # float64 or float32 (the caller's check)
     sytrd, sterf, ormqr = (getattr(lapack, prefix + name) for name in ("sytrd", "sterf", "ormqr"))
     # `a` is symmetric, so its transpose (Fortran-ordered: no copy) is the same matrix
     c, diag, off, tau, info = sytrd(a.T, lower=1, lwork=64 * n, overwrite_a=1)
@@ -235,12 +227,11 @@ def _restricted(a, k: int, lapack, eigh_tridiagonal):
         return None
     # Q = diag(1, Q') with Q' the orthogonal factor whose reflectors sytrd left below c's subdiagonal (LAPACK's
     # own ?ormtr does exactly this for lower storage)
-    v = np.empty_like(z)
-    v[0] = z[0]
-    v[1:], _, info = ormqr("L", "N", c[1:, :n - 1], tau, np.asfortranarray(z[1:]), 64 * k, overwrite_c=1)
+    v = z.copy()
+    v[1:], _, info = ormqr("L", "N", c[1:, :n - 1], tau, z[1:].copy(order="F"), 64 * k, overwrite_c=1)
     if info != 0:
         return None
-    return np.ascontiguousarray(w[::-1]), np.ascontiguousarray(v[:, ::-1])
+    return w[::-1].copy(), v[:, ::-1].copy()  # descending, C-ordered
 
 
 def svd(x: Array, caller: str, xp: Namespace) -> tuple[Array, Array, Array]:
