@@ -13,6 +13,7 @@ and the median per side; the adapter sets are benchmarks/synthetic.py's, as comp
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -45,8 +46,6 @@ def run(side: str, folder: Path, k: int, other: Path) -> dict:
         env["PYTHONPATH"] = str(other)
     out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(k)], capture_output=True, text=True,
                          env=env, check=True, cwd="/")
-    import json
-
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -145,9 +145,8 @@ def _scatter(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
     if parts is not None:
         # each block row: its columns left of the diagonal block, the diagonal block's lower triangle, zeros
         blocks = []
-        while parts:
-            p = parts.pop(0)
-            a, b = rows[len(blocks)]
+        for a, b in rows:
+            p = parts.pop(0)  # (freed block by block)
             blocks.append(xp.concat([p[:, :a], xp.tril(p[:, a:b]),
                                      xp.zeros((b - a, d - b), dtype=p.dtype, device=device(p))], axis=1))
             del p

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import torch
 
+from ._compress import storage_itemsize
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -72,7 +74,7 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int,
 
 def folded_bytes(ranks: Iterable[int], d_in: int, d_out: int, dtype: torch.dtype) -> int:
     """Bytes of one module's folded factors (A and B of every adapter) in `dtype`."""
-    return sum(ranks) * (d_in + d_out) * torch.empty((), dtype=dtype).element_size()
+    return sum(ranks) * (d_in + d_out) * storage_itemsize(dtype)
 
 
 __all__ = ["IN_FLIGHT_BYTES", "module_workers", "ordered_map", "folded_bytes"]
