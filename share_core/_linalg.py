@@ -45,10 +45,9 @@ def column_signs(u: Array, xp: Namespace) -> Array:
     signs : array, shape (k,)
         Same dtype and device as `u`; multiply ``u * signs`` to orient the columns.
     """
-    rows = xp.arange(u.shape[0], device=device(u))
-    where_max = xp.argmax(xp.abs(u), axis=0)
-    onehot = rows[:, None] == xp.astype(where_max, rows.dtype)[None, :]
-    picked = xp.sum(xp.where(onehot, u, xp.zeros_like(u)), axis=0)
+    k = u.shape[1]
+    where_max = xp.argmax(xp.abs(u), axis=0)  # row of each column's pick: entry (row, j) is row * k + j row-major
+    picked = xp.take(xp.reshape(u, (-1,)), where_max * k + xp.arange(k, dtype=where_max.dtype, device=device(u)))
     ones = xp.ones_like(picked)
     return xp.where(picked < 0, -ones, ones)
 

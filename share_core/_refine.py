@@ -48,15 +48,15 @@ def _root(w: Array, p: Array, xp: Namespace) -> Array:
     return xp.sqrt(w)[:, None] * p.mT
 
 
-def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: float, xp: Namespace) -> Array:
-    """Top-k left singular vectors (d, <= k) of ``y blockdiag(loads_i)``, orthonormal, signed.
+def _half_coef(root: Array, loads: Array, n_items: int, k: int, d: int, eps: float, xp: Namespace) -> Array:
+    """Coefficients (n, <= k) of the top-k left singular vectors of ``y blockdiag(loads_i)``: vector j is
+    ``y @ coef[:, j]``, for the (d, n) stack y whose Gram root is `root` (``y^T y = root^T root``).
 
-    `y` (d, n) is the unit-scaled stack of this side, `root` the square root of ``y^T y``, `loads`
-    (n, k_o) the other side's stack projected on its basis (block i: ``A_i V`` or ``B_i^T U``); `eps` is
-    the working precision's, for the rank rule ``s > max(d, N k_o) * eps * s_max`` of
+    `loads` (n, k_o) is the other side's stack projected on its basis (block i: ``A_i V`` or ``B_i^T U``);
+    `eps` is the working precision's, for the rank rule ``s > max(d, N k_o) * eps * s_max`` of
     :func:`share_core.basis`.
     """
-    d, n = y.shape
+    n = root.shape[0]
     r, k_other = n // n_items, loads.shape[1]
     m = xp.reshape(loads, (n_items, r, k_other))                                    # block i: other_i^T basis
     g = m @ m.mT                                                                    # (N, r, r): M M^T by block
@@ -66,10 +66,48 @@ def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: f
     q = _count_above(w, _eig_threshold(w, rtol, xp.zeros((), dtype=w.dtype, device=device(w)),
                                        xp.finfo(w.dtype).eps, xp), xp)
     kept = min(q, k)
-    if kept == 0:
-        return xp.zeros((d, 0), dtype=y.dtype, device=device(y))
-    coef = xp.reshape(g @ (rb.mT @ vecs[:, :kept]), (n, kept)) / w[:kept]         # M (R M)^T y_j / s_j^2
-    return _oriented(y @ coef, xp)
+    return xp.reshape(g @ (rb.mT @ vecs[:, :kept]), (n, kept)) / w[:kept]         # M (R M)^T y_j / s_j^2
+
+
+#: Smallest |diagonal entry| of the r-sized R factor (:func:`_half_step`) for which its inverse is applied to the
+#: coefficients. The columns it factors are orthonormal in exact arithmetic, so each entry is 1 up to rounding;
+#: one far from 1 means rounding has made them dependent, and the half-step takes the (d, k) QR instead.
+DIAGONAL_FLOOR = 0.9
+
+
+def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: float,
+               xp: Namespace) -> tuple[Array | None, Array | None, Array]:
+    """One half-step: the orthonormal basis ``u`` (d, <= k) of the top-k left singular vectors of
+    ``y blockdiag(loads_i)`` (see :func:`_half_coef`), as ``(x, u, y^T u)``, exactly one of x and u not None.
+
+    Usually ``u = y @ x`` is left unformed: the coefficient columns are orthonormalized in r-sized space, through
+    the QR of ``root @ coef = Q R`` (``(y coef)^T (y coef) = (root coef)^T (root coef)``), so ``x = coef R^-1``
+    and ``y^T u = root^T Q``; the (d, n) x (n, k) products and the (d, k) QR of each half-step are left to one
+    product at the end. Where R is not safely invertible (:data:`DIAGONAL_FLOOR`), u is formed and orthonormalized
+    by its own QR instead.
+    """
+    d, n = y.shape
+    coef = _half_coef(root, loads, n_items, k, d, eps, xp)
+    solve = getattr(getattr(xp, "linalg", None), "solve", None)
+    if coef.shape[1] == 0:
+        return coef, None, coef
+    if solve is not None:
+        q2, r2 = qr(root @ coef, "refine_bases", xp)
+        diag = xp.sum(r2 * xp.eye(r2.shape[0], dtype=r2.dtype, device=device(r2)), axis=1)
+        if bool(xp.all(xp.abs(diag) >= DIAGONAL_FLOOR)):
+            return solve(r2.mT, coef.mT).mT, None, root.mT @ q2
+    u = _oriented(y @ coef, xp)
+    return None, u, y.mT @ u
+
+
+def _formed(y: Array, x: Array | None, u: Array | None, xp: Namespace) -> Array:
+    """The basis of a :func:`_half_step` result, formed where it was left as coefficients, signed."""
+    if u is not None:
+        return u
+    if x.shape[1] == 0:
+        return xp.zeros((y.shape[0], 0), dtype=y.dtype, device=device(y))
+    u = y @ x
+    return u * column_signs(u, xp)[None, :]
 
 
 def _oriented(x: Array, xp: Namespace) -> Array:
@@ -96,23 +134,25 @@ def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int,
         w, p, c = gram
         sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp), w, p))
     (yb, root_b, _, _), (ya, root_a, w_a, p_a) = sides
-    u = None
+    u = v_step = None  # the last half-steps' (x, u, y^T u)
+    width_a = v if isinstance(v, int) else v.shape[1]
     for step in range(steps):
-        if step == 0 and isinstance(v, int):
-            loads_a = p_a[:, :v] * xp.sqrt(w_a[:v])[None, :]
+        if step == 0:
+            loads_a = (p_a[:, :v] * xp.sqrt(w_a[:v])[None, :] if isinstance(v, int)
+                       else ya.mT @ as_work(v, ya.dtype, xp))
         else:
-            v = as_work(v, ya.dtype, xp)
-            loads_a = ya.mT @ v
+            loads_a = v_step[2]
         if loads_a.shape[1] == 0:
             break
         u = _half_step(yb, root_b, loads_a, n_items, k_b, eps, xp)
-        if u.shape[1] == 0:
+        if u[2].shape[1] == 0:
             break
-        v = _half_step(ya, root_a, yb.mT @ u, n_items, v if isinstance(v, int) else v.shape[1], eps, xp)
-    if isinstance(v, int):  # stopped before its first V (no directions left): the starting V, formed
+        v_step = _half_step(ya, root_a, u[2], n_items, width_a, eps, xp)
+    if v_step is not None:
+        v = _formed(ya, *v_step[:2], xp)
+    elif isinstance(v, int):  # stopped before its first V (no directions left): the starting V, formed
         v = _oriented(ya @ p_a[:, :v], xp) if v else xp.zeros((ya.shape[0], 0), dtype=ya.dtype, device=device(ya))
-    if u is None:
-        u = xp.zeros((yb.shape[0], 0), dtype=yb.dtype, device=device(yb))
+    u = xp.zeros((yb.shape[0], 0), dtype=yb.dtype, device=device(yb)) if u is None else _formed(yb, *u[:2], xp)
     return as_work(u, dtype, xp), as_work(v, dtype, xp)
 
 

@@ -129,3 +129,48 @@ def test_dw_norms_come_from_the_error_qr(backend, dtype):
     tol = 1e-5 if dtype == "float32" else 1e-12
     assert np.allclose(backend.to_numpy(norms), np.linalg.norm(dense, axis=(1, 2)), rtol=tol)
     assert np.allclose(backend.to_numpy(abs_err), np.linalg.norm(dense - dense_hat, axis=(1, 2)), rtol=tol * 10)
+
+
+def _count_d_sized_qrs(monkeypatch):
+    """Counts the (d, k) QRs of refinement half-steps (``_oriented``) in share_core._refine."""
+    from share_core import _refine
+
+    calls = []
+    real = _refine._oriented
+
+    def counted(x, xp):
+        calls.append(tuple(x.shape))
+        return real(x, xp)
+
+    monkeypatch.setattr(_refine, "_oriented", counted)
+    return calls
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_half_steps_orthonormalize_in_r_sized_space(backend, dtype, monkeypatch, steps):
+    """No (d, k) QR in the half-steps: their coefficients are orthonormalized through the (n, k) QR of the
+    Gram root, and the basis is formed once at the end; it is what the explicit half-steps give."""
+    calls = _count_d_sized_qrs(monkeypatch)
+    b, a, u, v = _module(11, n_items=6, r=3, d_out=50, d_in=44, k_b=3, k_a=3, noise=0.3)
+    ref_u, ref_v = _reference(b, a, u, v, steps)
+    got_u, got_v = (backend.to_numpy(t) for t in sc.refine_bases(*(backend.asarray(t, dtype) for t in (b, a, u, v)),
+                                                                 steps=steps))
+    assert calls == []
+    for got, ref in ((got_u, ref_u), (got_v, ref_v)):
+        assert np.allclose(projector(got), projector(ref), atol=ATOL[dtype])
+        assert np.allclose(got.T @ got, np.eye(ref.shape[1]), atol=ATOL[dtype] / 10)
+        assert np.all(got[np.argmax(np.abs(got), axis=0), range(got.shape[1])] > 0)
+
+
+def test_half_steps_fall_back_to_the_long_qr_when_the_small_factor_is_not_safely_invertible(backend, monkeypatch):
+    """With the floor on R's diagonal out of reach, every half-step forms its basis and takes its (d, k) QR, and
+    the result is the same bases (to rounding) as the r-sized route's."""
+    from share_core import _refine
+
+    b, a, u, v = (backend.asarray(t) for t in _module(12, noise=0.3))
+    fast_u, fast_v = (backend.to_numpy(t) for t in sc.refine_bases(b, a, u, v, steps=2))
+    calls = _count_d_sized_qrs(monkeypatch)
+    monkeypatch.setattr(_refine, "DIAGONAL_FLOOR", 2.0)
+    slow_u, slow_v = (backend.to_numpy(t) for t in sc.refine_bases(b, a, u, v, steps=2))
+    assert len(calls) == 4  # two half-steps per step
+    assert np.allclose(fast_u, slow_u, atol=1e-10) and np.allclose(fast_v, slow_v, atol=1e-10)
