@@ -35,6 +35,7 @@ from ._compress import (
     SIDES,
     Storage,
     Folds,
+    FreedMemory,
     ModuleResult,
     Reader,
     dw_abs_and_norm,
@@ -43,7 +44,6 @@ from ._compress import (
     pooled,
     project_pair,
     refine,
-    release_freed_memory,
     select,
     storage_itemsize,
 )
@@ -81,6 +81,8 @@ def dw_norm_squared(a: torch.Tensor, b: torch.Tensor) -> float:
 def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader, plan: Plan,
                     fits_of: Callable[[str, Folds], dict], kk_of: Callable[[str, dict], dict[str, int]],
                     wrap: Callable, int4_of: Callable[[str], dict[str, int]] | None = None) -> dict[str, ModuleResult]:
+    freed = FreedMemory()
+
     def one(module: str) -> ModuleResult:
         folds = Folds(module, sources, read, plan.chunk_size)
         fits = fits_of(module, folds)
@@ -89,16 +91,21 @@ def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], re
                                int4=None if int4_of is None else int4_of(module))
         if read.preloaded is None:  # layer_by_layer: peak memory is the modules in flight plus the output
             del folds, fits
-            release_freed_memory()
+            freed.finished(_module_bytes(module, sources, read))
         return result
 
     return dict(ordered_map(one, modules, _workers(modules, sources, read), wrap))
 
 
+def _module_bytes(module: str, sources: Sequence[AdapterSource], read: Reader) -> int:
+    """Bytes of one module's folded factors (every adapter's A and B) in the compute dtype."""
+    info = sources[0].modules[module]
+    return folded_bytes([s.modules[module].rank for s in sources], info.d_in, info.d_out, read.dtype)
+
+
 def _workers(modules: Sequence[str], sources: Sequence[AdapterSource], read: Reader) -> int:
     """Modules to work on at once (`share_torch._parallel.module_workers`), sized by the largest module."""
-    largest = max((folded_bytes([s.modules[m].rank for s in sources], sources[0].modules[m].d_in,
-                                sources[0].modules[m].d_out, read.dtype) for m in modules), default=0)
+    largest = max((_module_bytes(m, sources, read) for m in modules), default=0)
     return module_workers(read.device, largest, len(modules))
 
 

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +175,34 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+#: Bytes of modules (their folded factors in the compute dtype) finished between two calls of
+#: :func:`release_freed_memory` under `layer_by_layer`.
+TRIM_EVERY_BYTES = 256 * 2**20
+
+
+class FreedMemory:
+    """:func:`release_freed_memory` once every :data:`TRIM_EVERY_BYTES` of finished modules (thread-safe).
+
+    A trim after every module costs more than it saves where modules are small: the next module's temporaries
+    fault their pages back in one by one. Measured on 8 Llama-7B-shaped adapters under `layer_by_layer` (4 MB of
+    folded factors per module, 2 module threads): 2.0-2.4 million page faults and 5.5-6.3 s of system time with a
+    trim after each of the 128 modules, 0.57-0.67 million and 1.6-1.7 s with none. A module of 1000 such
+    adapters (512 MB) is still followed by a trim, so the bound on resident memory is unchanged there."""
+
+    def __init__(self, every: int | None = None):
+        self.every = TRIM_EVERY_BYTES if every is None else every
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def finished(self, module_bytes: int) -> None:
+        with self._lock:
+            self._pending += module_bytes
+            if self._pending < self.every:
+                return
+            self._pending = 0
+        release_freed_memory()
 
 
 def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:

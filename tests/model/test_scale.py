@@ -96,7 +96,7 @@ def test_refinement_columns_keep_the_left_singular_vectors_and_values(r, k):
 
 
 def test_freed_heap_memory_can_be_handed_back_on_this_platform():
-    # layer_by_layer calls it after each module; on glibc (Linux CI) it must not be a silent no-op
+    # layer_by_layer calls it once per TRIM_EVERY_BYTES of modules; on glibc (Linux CI) it must not be a silent no-op
     import platform
 
     from share_torch._compress import _malloc_trim, release_freed_memory
@@ -104,3 +104,37 @@ def test_freed_heap_memory_can_be_handed_back_on_this_platform():
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert _malloc_trim() is not None
     release_freed_memory()  # and calling it is harmless anywhere
+
+
+def test_freed_memory_is_handed_back_once_per_threshold_of_module_bytes(monkeypatch):
+    from share_torch import _compress
+
+    calls = []
+    monkeypatch.setattr(_compress, "release_freed_memory", lambda: calls.append(1))
+    freed = _compress.FreedMemory(every=100)
+    for size in (40, 40):
+        freed.finished(size)
+    assert calls == []
+    freed.finished(40)  # 120 >= 100: one trim, and the count starts again
+    assert len(calls) == 1
+    freed.finished(99)
+    assert len(calls) == 1
+    freed.finished(500)  # a module at or above the threshold is always followed by a trim
+    freed.finished(500)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("every, expected", [(1, "every module"), (None, "none")])
+def test_layer_by_layer_trims_by_bytes_not_after_every_small_module(many_adapters, monkeypatch, every, expected):
+    """These modules hold a few KB each: under the default threshold no trim is owed; with a 1-byte threshold
+    (what a 512 MB module of 1000 Llama-7B adapters meets) each module is followed by one."""
+    from share_torch import _compress
+
+    calls = []
+    monkeypatch.setattr(_compress, "release_freed_memory", lambda: calls.append(1))
+    if every is not None:
+        monkeypatch.setattr(_compress, "TRIM_EVERY_BYTES", every)
+    model = SHAREModel.from_adapters(many_adapters, num_components=4, layer_by_layer=True)
+    assert len(calls) == (len(model.modules) if expected == "every module" else 0)
+    SHAREModel.from_adapters(many_adapters, num_components=4)  # in memory: nothing is trimmed
+    assert len(calls) == (len(model.modules) if expected == "every module" else 0)
