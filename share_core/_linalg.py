@@ -146,6 +146,41 @@ def _one_blas_thread(blas):
         yield bool(found) and all(lib["num_threads"] == 1 for lib in found)
 
 
+#: Open holds of :func:`restricted_route_for_threads` (while above 0, SciPy's BLAS is held at one thread for the
+#: whole process, and every thread may take :func:`eigh_leading`'s restricted route).
+_threads_held = 0
+_threads_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def restricted_route_for_threads():
+    """Open :func:`eigh_leading`'s restricted route to every thread while inside; yields whether it is open.
+
+    Entered from the main thread, it holds SciPy's BLAS at one thread for the whole process (threadpoolctl's
+    limit takes effect only when set from the main thread, and then for every thread), so that each restricted
+    eigensolve runs alone in the thread that calls it. Measured with two threads at once on 768 x 768 float64
+    matrices: with the hold, every result bit for bit the main thread's alone; without it, none. Yields False
+    (and changes nothing) outside the main thread, without SciPy or threadpoolctl, or where the hold cannot be
+    read back; other threads then keep the full :func:`eigh`. share_torch enters it around its module threads.
+    """
+    global _threads_held
+    found = _scipy_lapack() if threading.current_thread() is threading.main_thread() else None
+    if found is None:
+        yield False
+        return
+    with _one_blas_thread(found[2]) as single:
+        if not single:
+            yield False
+            return
+        with _threads_held_lock:
+            _threads_held += 1
+        try:
+            yield True
+        finally:
+            with _threads_held_lock:
+                _threads_held -= 1
+
+
 def _on_host(s: Array, xp: Namespace) -> bool:
     """Whether `s` is a NumPy array or a PyTorch CPU tensor (whose memory NumPy can share)."""
     return s.device.type == "cpu" if is_torch(xp) else is_numpy(xp)
@@ -173,11 +208,12 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
     2.2 s against 8.9 s for ``torch.linalg.eigh``, float64 4.0 s against 20 s). Elsewhere (GPUs, other
     namespaces, no SciPy or threadpoolctl, k near d) the full :func:`eigh`, sliced.
 
-    The restricted route runs only in the main thread, with SciPy's BLAS held at one thread
-    (:func:`_one_blas_thread`); other threads (share_torch's module workers among them) get the full
-    :func:`eigh`. Measured: threadpoolctl's limit read back 1 in the main thread but had no effect when set
-    from other threads, and two threads calling SciPy's LAPACK at once gave results that changed from run to
-    run (OpenBLAS shares its thread pool between callers), while torch's eigh is the same whatever the thread.
+    The restricted route runs with SciPy's BLAS held at one thread (:func:`_one_blas_thread`): in the main
+    thread, which holds it for the call, and in other threads only while the main thread holds it for them
+    (:func:`restricted_route_for_threads`, as share_torch does around its module threads); other threads get
+    the full :func:`eigh` otherwise. Measured: threadpoolctl's limit read back 1 in the main thread but had no
+    effect when set from other threads, and two threads calling SciPy's LAPACK at once with its BLAS free gave
+    results that changed from run to run (OpenBLAS shares its thread pool between callers).
     """
     xp = array_namespace(s) if xp is None else xp
     d, d2 = check_matrix(s, "s")
@@ -186,15 +222,17 @@ def eigh_leading(s: Array, k: int, /, *, xp: Namespace | None = None) -> tuple[A
     k = min(int(k), d)
     dtype = work_dtype(xp, s)
     lapack = None
+    main = threading.current_thread() is threading.main_thread()
     if (1 <= k and 4 * k <= d and d >= LEADING_MIN_SIZE and dtype in (xp.float32, xp.float64)
-            and threading.current_thread() is threading.main_thread() and _on_host(s, xp)):
+            and (main or _threads_held > 0) and _on_host(s, xp)):
         lapack = _scipy_lapack()
     if lapack is not None:
         lapack, tridiagonal, blas = lapack
         s = as_work(s, dtype, xp)
         check_finite(s, "s", "eigh", xp)
         host = _host_array((s + s.mT) / 2, xp)
-        with _one_blas_thread(blas) as single:
+        # (another thread must not touch the limit: it would not take, and its restore could lift the hold)
+        with _one_blas_thread(blas) if main else contextlib.nullcontext(True) as single:
             found = _restricted(host, k, lapack, tridiagonal) if single else None
         if found is not None:
             w, v = (xp.asarray(t) for t in found)  # (torch shares the NumPy arrays' memory)

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import torch
 
+from share_core._linalg import restricted_route_for_threads
+
 from ._compress import storage_itemsize
 
 T = TypeVar("T")
@@ -60,16 +62,17 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int,
             yield item, fn(item)
         return
     threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(max_workers=workers, initializer=_one_thread, thread_name_prefix="lorashare")
-    try:
-        futures: list[Future] = [pool.submit(fn, item) for item in items]
-        for item, future in wrap(list(zip(items, futures))):
-            yield item, future.result()
-    finally:
+    with restricted_route_for_threads():  # the workers' eigensolves as the main thread's: one BLAS thread each
+        pool = ThreadPoolExecutor(max_workers=workers, initializer=_one_thread, thread_name_prefix="lorashare")
         try:
-            pool.shutdown(wait=True, cancel_futures=True)
-        finally:  # (also after a second Ctrl-C during the wait)
-            torch.set_num_threads(threads)  # the workers' set_num_threads(1) also lowered the process-wide count
+            futures: list[Future] = [pool.submit(fn, item) for item in items]
+            for item, future in wrap(list(zip(items, futures))):
+                yield item, future.result()
+        finally:
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            finally:  # (also after a second Ctrl-C during the wait)
+                torch.set_num_threads(threads)  # the workers' set_num_threads(1) also lowered the process-wide count
 
 
 def folded_bytes(ranks: Iterable[int], d_in: int, d_out: int, dtype: torch.dtype) -> int:

@@ -1,6 +1,6 @@
-"""Modules compressed side by side on the CPU (share_torch._parallel): the same result every run (bit for bit the
-one-thread checkpoint where no eigensolver takes LAPACK's restricted route), torch's thread count restored,
-errors raised with the rest of the work cancelled."""
+"""Modules compressed side by side on the CPU (share_torch._parallel): the same result every run, bit for bit the
+one-thread checkpoint (LAPACK's restricted eigensolver included, with SciPy's BLAS held at one thread for the
+workers), torch's thread count restored, errors raised with the rest of the work cancelled."""
 
 from __future__ import annotations
 
@@ -153,8 +153,8 @@ def test_module_workers_follow_threads_memory_and_device():
 @pytest.fixture(scope="module")
 def wide_adapters(tmp_path_factory) -> list:
     """40 rank-8 adapters on a 1-layer Llama of hidden size 256: q_proj's sides stack 320 columns of 256 rows,
-    so their bases come from 256 x 256 scatter matrices, the size where the main thread's eigensolver takes
-    LAPACK's restricted route (share_core._linalg.eigh_leading) and module workers the full eigh."""
+    so their bases come from 256 x 256 scatter matrices, the size where the eigensolver takes
+    LAPACK's restricted route (share_core._linalg.eigh_leading), in the module workers too."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -180,7 +180,7 @@ def wide_adapters(tmp_path_factory) -> list:
     return folders
 
 
-def test_parallel_compression_is_the_same_every_run_where_the_main_thread_would_use_lapacks_restricted_route(
+def test_parallel_compression_takes_lapacks_restricted_route_in_the_workers_and_gives_the_one_thread_bits(
         wide_adapters, two_threads, monkeypatch):
     restricted: list[str] = []
     real = linalg._restricted
@@ -191,13 +191,87 @@ def test_parallel_compression_is_the_same_every_run_where_the_main_thread_would_
 
     monkeypatch.setattr(linalg, "_restricted", recording)
     runs = [SHAREModel.from_adapters(wide_adapters, num_components=32) for _ in range(2)]
-    assert restricted == []  # module workers: torch's full eigh, the same whatever the timing
-    assert runs[0].stats() == runs[1].stats()
-    for name in runs[0].adapter_names:
-        one, two = runs[0].reconstruct(name), runs[1].reconstruct(name)
-        assert all(torch.equal(one[key], two[key]) for key in one), name
+    # the main thread holds SciPy's BLAS at one thread for the workers (share_core._linalg.restricted_route_for_threads)
+    assert restricted and all(name.startswith("lorashare") for name in restricted), restricted
+    assert linalg._threads_held == 0  # and lets go afterwards
+    restricted.clear()
     alone = _one_thread(lambda: SHAREModel.from_adapters(wide_adapters, num_components=32))
     assert restricted and set(restricted) == {threading.main_thread().name}
-    # another eigensolver, the same decomposition: equal up to rounding
-    for name, error in alone.stats()["dw_error"].items():
-        assert error == pytest.approx(runs[0].stats()["dw_error"][name], rel=1e-4, abs=1e-7)
+    # the same eigensolver with one BLAS thread in every run, parallel or not: the same bits
+    for run in runs:
+        assert run.stats() == alone.stats()
+        for name in alone.adapter_names:
+            one, two = run.reconstruct(name), alone.reconstruct(name)
+            assert all(torch.equal(one[key], two[key]) for key in one), name
+
+
+def _eigh_leading_routes(monkeypatch) -> list[str]:
+    """Names of the threads whose `eigh_leading` took the restricted route (recorded, then the real one runs)."""
+    taken: list[str] = []
+    real = linalg._restricted
+
+    def recording(*args):
+        taken.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(linalg, "_restricted", recording)
+    return taken
+
+
+def _scatter(seed: int = 0) -> torch.Tensor:
+    x = torch.randn(256, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x @ x.mT
+
+
+def test_other_threads_take_the_restricted_route_only_while_the_main_thread_holds_blas(monkeypatch):
+    taken = _eigh_leading_routes(monkeypatch)
+    blas = linalg._scipy_lapack()[2]
+    before = [lib["num_threads"] for lib in blas.info()]
+    s = _scatter()
+    full_w, full_v = linalg.eigh(s)
+
+    def in_a_thread():
+        out: list = []
+        worker = threading.Thread(target=lambda: out.append(linalg.eigh_leading(s, 8)), name="probe")
+        worker.start()
+        worker.join()
+        return out[0]
+
+    w, v = in_a_thread()
+    assert taken == []  # no hold: the full eigh
+    with linalg.restricted_route_for_threads() as held:
+        assert held and [lib["num_threads"] for lib in blas.info()] == [1] * len(before)
+        w_held, v_held = in_a_thread()
+    assert taken == ["probe"]
+    assert linalg._threads_held == 0 and [lib["num_threads"] for lib in blas.info()] == before  # restored
+    for got_w, got_v in ((w, v), (w_held, v_held)):
+        assert torch.allclose(got_w, full_w, rtol=0, atol=1e-10 * float(full_w[0]))
+        assert torch.allclose(got_v, full_v[:, :8], atol=1e-8)
+
+
+def test_a_hold_asked_for_outside_the_main_thread_changes_nothing(monkeypatch):
+    taken = _eigh_leading_routes(monkeypatch)
+    s = _scatter(1)
+    seen: list = []
+
+    def from_a_thread():
+        with linalg.restricted_route_for_threads() as held:
+            seen.append((held, linalg._threads_held))
+            linalg.eigh_leading(s, 8)
+
+    worker = threading.Thread(target=from_a_thread, name="asker")
+    worker.start()
+    worker.join()
+    assert seen == [(False, 0)] and taken == []
+
+
+def test_ordered_map_opens_the_restricted_route_to_its_workers(two_threads, monkeypatch):
+    taken = _eigh_leading_routes(monkeypatch)
+    matrices = [_scatter(seed) for seed in range(4)]
+    parallel = [v for _, (_, v) in ordered_map(lambda s: linalg.eigh_leading(s, 8), matrices, 2)]
+    assert len(taken) == 4 and all(name.startswith("lorashare") for name in taken), taken
+    assert linalg._threads_held == 0
+    taken.clear()
+    alone = [linalg.eigh_leading(s, 8)[1] for s in matrices]
+    assert taken == [threading.main_thread().name] * 4
+    assert all(torch.equal(one, two) for one, two in zip(parallel, alone))  # one BLAS thread either way
