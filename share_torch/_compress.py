@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -508,31 +509,34 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
             out.group[side]["int4"] = k4
     captured = {side: 0.0 for side in SIDES}
     on_device: dict[str, tuple] = {}  # the stored bases on the compute device, moved once (not per adapter)
-    for chunk, folded in _blocks(folds):  # the rebuilt factors of BLOCK adapters at a time
-        pairs, rebuilt_pairs = [], []
-        for (a, b), src in zip(folded, chunk):
-            loads = {}
-            for side in SIDES:
-                x = columns([(a, b)], side)[0]
-                loads[side] = core.project(x, bases[side], mean=fits[side].mean)
-                captured[side] += float(torch.sum(loads[side] * loads[side]))
+    for chunk, folded in _blocks(folds):  # BLOCK adapters at a time, each step one product per side for them all
+        a0 = folded[0][0]
+        ends = list(itertools.accumulate(int(a.shape[0]) for a, _ in folded))
+        spans = list(zip([0, *ends[:-1]], ends))  # adapter i's columns of the block's stacks
+        loads = {side: core.project(core.stack(columns(folded, side)), bases[side], mean=fits[side].mean)
+                 for side in SIDES}
+        for side in SIDES:
+            captured[side] += float(torch.sum(loads[side] * loads[side]))
+        kept: dict[str, list[torch.Tensor]] = {side: [] for side in SIDES}
+        for (start, end), src in zip(spans, chunk):
+            mine = {side: loads[side][:, start:end] for side in SIDES}
             if form == "core":
-                c = store(loads["lora_B"] @ loads["lora_A"].mT, store_dtype)
+                c = store(mine["lora_B"] @ mine["lora_A"].mT, store_dtype)
                 out.loadings[src.name][f"{module}.core"] = c
-                kept = core_loadings(c, src.modules[module].rank, a.device, a.dtype)
+                for side, load in core_loadings(c, src.modules[module].rank, a0.device, a0.dtype).items():
+                    kept[side].append(load)
             else:
-                kept = {}
                 for side in SIDES:
-                    out.loadings[src.name][f"{module}.{side}"] = store(loads[side], store_dtype)
-                    kept[side] = out.loadings[src.name][f"{module}.{side}"]
-            for side in SIDES:
-                if side not in on_device:
-                    on_device[side] = tuple(None if t is None else t.to(a.device, a.dtype) for t in stored[side])
-            rebuilt = {side: restore(kept[side], *on_device[side], a.device, a.dtype) for side in SIDES}
-            pairs.append((a, b))
-            rebuilt_pairs.append(as_written(rebuilt["lora_A"].mT, rebuilt["lora_B"], src.modules[module].scale,
-                                            src.dtype))
-        for src, pair in zip(chunk, batched_dw_errors(pairs, rebuilt_pairs)):
+                    out.loadings[src.name][f"{module}.{side}"] = store(mine[side], store_dtype)
+                    kept[side].append(out.loadings[src.name][f"{module}.{side}"])
+        for side in SIDES:
+            if side not in on_device:
+                on_device[side] = tuple(None if t is None else t.to(a0.device, a0.dtype) for t in stored[side])
+        rebuilt = {side: restore(torch.cat(kept[side], dim=1), *on_device[side], a0.device, a0.dtype)
+                   for side in SIDES}
+        rebuilt_pairs = [as_written(rebuilt["lora_A"][:, start:end].mT, rebuilt["lora_B"][:, start:end],
+                                    src.modules[module].scale, src.dtype) for (start, end), src in zip(spans, chunk)]
+        for src, pair in zip(chunk, batched_dw_errors(folded, rebuilt_pairs)):
             out.errors[src.name] = pair
     for side in SIDES:
         total = float(torch.sum(fits[side].energies))
