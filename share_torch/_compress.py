@@ -219,7 +219,7 @@ class SideFit:
     energies: torch.Tensor       # (rank,) squared singular values of the (centered) stack
     columns: int                 # stacked columns
     gram: tuple | None = None    # (w, p, c) of the stack's Gram matrix, when the basis comes from it ...
-    stack: torch.Tensor | None = None  # ... and the (d, n) stack, to form the basis only if asked (refine needs neither)
+    stack: torch.Tensor | None = None  # ... and the (d, n) stack (to form the basis only if asked; projected again)
 
     def leading(self, k: int) -> torch.Tensor:
         """The leading k basis columns (d, k)."""
@@ -347,6 +347,8 @@ def _stacked(pairs: Sequence[Folded]) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, r, d_in) and (N, d_out, r) stacks of folded pairs, zero-padded to the largest rank (the
     products, and so the errors, are unchanged by zero columns of B and zero rows of A)."""
     r = max(int(a.shape[0]) for a, _ in pairs)
+    if all(int(a.shape[0]) == r for a, _ in pairs):  # one rank: nothing to pad
+        return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
     a_stack = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, r - a.shape[0])) for a, _ in pairs])
     b_stack = torch.stack([torch.nn.functional.pad(b, (0, r - b.shape[1])) for _, b in pairs])
     return a_stack, b_stack
@@ -513,7 +515,9 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
         a0 = folded[0][0]
         ends = list(itertools.accumulate(int(a.shape[0]) for a, _ in folded))
         spans = list(zip([0, *ends[:-1]], ends))  # adapter i's columns of the block's stacks
-        loads = {side: core.project(core.stack(columns(folded, side)), bases[side], mean=fits[side].mean)
+        whole = len(chunk) == len(sources)  # the one block of one chunk: the fit's own stack where it kept it
+        loads = {side: core.project(fits[side].stack if whole and fits[side].stack is not None
+                                    else core.stack(columns(folded, side)), bases[side], mean=fits[side].mean)
                  for side in SIDES}
         for side in SIDES:
             captured[side] += float(torch.sum(loads[side] * loads[side]))
