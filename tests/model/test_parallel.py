@@ -180,16 +180,22 @@ def wide_adapters(tmp_path_factory) -> list:
     return folders
 
 
-def test_parallel_compression_takes_lapacks_restricted_route_in_the_workers_and_gives_the_one_thread_bits(
-        wide_adapters, two_threads, monkeypatch):
-    restricted: list[str] = []
+def _eigh_leading_routes(monkeypatch) -> list[str]:
+    """Names of the threads whose `eigh_leading` took the restricted route (recorded, then the real one runs)."""
+    taken: list[str] = []
     real = linalg._restricted
 
     def recording(*args):
-        restricted.append(threading.current_thread().name)
+        taken.append(threading.current_thread().name)
         return real(*args)
 
     monkeypatch.setattr(linalg, "_restricted", recording)
+    return taken
+
+
+def test_parallel_compression_takes_lapacks_restricted_route_in_the_workers_and_gives_the_one_thread_bits(
+        wide_adapters, two_threads, monkeypatch):
+    restricted = _eigh_leading_routes(monkeypatch)
     runs = [SHAREModel.from_adapters(wide_adapters, num_components=32) for _ in range(2)]
     # the main thread holds SciPy's BLAS at one thread for the workers (share_core._linalg.restricted_route_for_threads)
     assert restricted and all(name.startswith("lorashare") for name in restricted), restricted
@@ -203,19 +209,6 @@ def test_parallel_compression_takes_lapacks_restricted_route_in_the_workers_and_
         for name in alone.adapter_names:
             one, two = run.reconstruct(name), alone.reconstruct(name)
             assert all(torch.equal(one[key], two[key]) for key in one), name
-
-
-def _eigh_leading_routes(monkeypatch) -> list[str]:
-    """Names of the threads whose `eigh_leading` took the restricted route (recorded, then the real one runs)."""
-    taken: list[str] = []
-    real = linalg._restricted
-
-    def recording(*args):
-        taken.append(threading.current_thread().name)
-        return real(*args)
-
-    monkeypatch.setattr(linalg, "_restricted", recording)
-    return taken
 
 
 def _scatter(seed: int = 0) -> torch.Tensor:
