@@ -5,9 +5,12 @@ Per module, with stacked factors ``Bs = [B_1 | ... | B_N]`` (d_out, n) and ``As 
 ``X_U = [B_1 (A_1 V) | ... | B_N (A_N V)] = Bs M``, ``M = blockdiag(A_i V)`` (n, N k_A). With the Gram
 matrix ``Bs^T Bs = R^T R`` (``R = W^1/2 P^T`` from its eigendecomposition), ``X_U X_U^T = Q (R M)(R M)^T Q^T``
 for an orthonormal Q, so those vectors are ``X_U z_j / s_j`` with ``(s_j^2, y_j)`` the eigenpairs of the
-(n, n) matrix ``T = (R M)(R M)^T`` and ``z_j = (R M)^T y_j / s_j``: ``u_j ~ Bs (M (R M)^T y_j)``. Only one
-(d, n) x (n, k) product and one (d, k) QR per half-step touch the long dimension; the (d, N k) matrix
-``X_U`` and its SVD are never formed. Likewise V from ``X_V = As blockdiag(B_i^T U)``.
+(n, n) matrix ``T = (R M)(R M)^T`` and ``z_j = (R M)^T y_j / s_j``: ``u_j ~ Bs (M (R M)^T y_j)``. The
+(d, N k) matrix ``X_U`` and its SVD are never formed. Likewise V from ``X_V = As blockdiag(B_i^T U)``.
+
+Those vectors are orthonormalized in r-sized space where rounding allows (:func:`_half_step`): then only one
+(d, n) x (n, k) product per side, at the end, touches the long dimension; otherwise each half-step forms its
+vectors and takes their (d, k) QR.
 """
 
 from __future__ import annotations
@@ -69,33 +72,39 @@ def _half_coef(root: Array, loads: Array, n_items: int, k: int, d: int, eps: flo
     return xp.reshape(g @ (rb.mT @ vecs[:, :kept]), (n, kept)) / w[:kept]         # M (R M)^T y_j / s_j^2
 
 
-#: Smallest |diagonal entry| of the r-sized R factor (:func:`_half_step`) for which its inverse is applied to the
-#: coefficients. The columns it factors are orthonormal in exact arithmetic, so each entry is 1 up to rounding;
-#: one far from 1 means rounding has made them dependent, and the half-step takes the (d, k) QR instead.
+#: Smallest |diagonal entry| of the r-sized triangular factor (:func:`_half_step`) whose inverse is applied to
+#: the coefficients. The columns it factors are orthonormal in exact arithmetic, so each entry is 1 up to
+#: rounding; one far from 1 means rounding has made them dependent.
 DIAGONAL_FLOOR = 0.9
 
 
-def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: float,
+def _half_step(y: Array, root: Array, loads: Array, n_items: int, k: int, eps: float, eps_gram: float | None,
                xp: Namespace) -> tuple[Array | None, Array | None, Array]:
     """One half-step: the orthonormal basis ``u`` (d, <= k) of the top-k left singular vectors of
     ``y blockdiag(loads_i)`` (see :func:`_half_coef`), as ``(x, u, y^T u)``, exactly one of x and u not None.
 
-    Usually ``u = y @ x`` is left unformed: the coefficient columns are orthonormalized in r-sized space, through
-    the QR of ``root @ coef = Q R`` (``(y coef)^T (y coef) = (root coef)^T (root coef)``), so ``x = coef R^-1``
-    and ``y^T u = root^T Q``; the (d, n) x (n, k) products and the (d, k) QR of each half-step are left to one
-    product at the end. Where R is not safely invertible (:data:`DIAGONAL_FLOOR`), u is formed and orthonormalized
-    by its own QR instead.
+    With ``eps_gram`` (the Gram matrix computed in a wider dtype than the data, whose unit roundoff it is),
+    ``u = y @ x`` is left unformed where that is safe: the coefficient columns are orthonormalized in r-sized
+    space through the QR of ``root @ coef = Q T`` (``(y c)^T (y c) = (root c)^T (root c)`` up to the Gram's
+    error E), so ``x = coef T^-1`` and ``y^T u = root^T Q``, and the (d, n) x (n, k) product and (d, k) QR of
+    the half-step are left to one product at the end. Then ``u^T u - I = x^T E x``, with
+    ``|E| <= n eps_gram tr(y^T y)``: the route is taken only when that bound times the largest ``|x_j|^2`` is
+    below the data's `eps`, and T's diagonal is above :data:`DIAGONAL_FLOOR`. Otherwise (and without a wider
+    Gram, e.g. float64 data, where E is as coarse as the data) u is formed and orthonormalized by its own QR.
     """
     d, n = y.shape
     coef = _half_coef(root, loads, n_items, k, d, eps, xp)
     solve = getattr(getattr(xp, "linalg", None), "solve", None)
     if coef.shape[1] == 0:
         return coef, None, coef
-    if solve is not None:
-        q2, r2 = qr(root @ coef, "refine_bases", xp)
-        diag = xp.sum(r2 * xp.eye(r2.shape[0], dtype=r2.dtype, device=device(r2)), axis=1)
+    if solve is not None and eps_gram is not None:
+        q2, t = qr(root @ coef, "refine_bases", xp)
+        diag = xp.sum(t * xp.eye(t.shape[0], dtype=t.dtype, device=device(t)), axis=1)
         if bool(xp.all(xp.abs(diag) >= DIAGONAL_FLOOR)):
-            return solve(r2.mT, coef.mT).mT, None, root.mT @ q2
+            x = solve(t.mT, coef.mT).mT
+            bound = n * eps_gram * xp.sum(root * root) * xp.max(xp.sum(x * x, axis=0))  # tr(y^T y) = |root|_F^2
+            if float(bound) <= eps:
+                return x, None, root.mT @ q2
     u = _oriented(y @ coef, xp)
     return None, u, y.mT @ u
 
@@ -134,6 +143,7 @@ def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int,
         w, p, c = gram
         sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp), w, p))
     (yb, root_b, _, _), (ya, root_a, w_a, p_a) = sides
+    eps_gram = float(xp.finfo(ya.dtype).eps) / 2 if ya.dtype != dtype else None  # (wider Gram: r-sized route)
     u = v_step = None  # the last half-steps' (x, u, y^T u)
     width_a = v if isinstance(v, int) else v.shape[1]
     for step in range(steps):
@@ -144,10 +154,10 @@ def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int,
             loads_a = v_step[2]
         if loads_a.shape[1] == 0:
             break
-        u = _half_step(yb, root_b, loads_a, n_items, k_b, eps, xp)
+        u = _half_step(yb, root_b, loads_a, n_items, k_b, eps, eps_gram, xp)
         if u[2].shape[1] == 0:
             break
-        v_step = _half_step(ya, root_a, u[2], n_items, width_a, eps, xp)
+        v_step = _half_step(ya, root_a, u[2], n_items, width_a, eps, eps_gram, xp)
     if v_step is not None:
         v = _formed(ya, *v_step[:2], xp)
     elif isinstance(v, int):  # stopped before its first V (no directions left): the starting V, formed
@@ -164,8 +174,10 @@ def refine_bases(b: Array, a: Array, u: Array, v: Array, /, *, steps: int = 1,
     of its width given V), then V likewise from ``[dW_1^T U | ... | dW_N^T U]``; each half-step solves its
     subproblem exactly, so the total error never increases. The work is r-sized (see the module notes):
     an (n, n) Gram matrix per side, formed in float64 for float32 data, and per half-step an (n, n)
-    eigendecomposition, one (d, n) x (n, k) product and a (d, k) QR, ``n = N r``. Cheapest when
-    ``n < d``; exact for any shapes.
+    eigendecomposition; the long dimension is touched by one (d, n) x (n, k) product per side at the end
+    where the half-steps can be orthonormalized in r-sized space (float32 data, their Gram in float64, and
+    rounding small enough), else by one such product and a (d, k) QR per half-step, ``n = N r``. Cheapest
+    when ``n < d``; exact for any shapes.
 
     Parameters
     ----------
