@@ -146,9 +146,11 @@ def _one_blas_thread(blas):
         yield bool(found) and all(lib["num_threads"] == 1 for lib in found)
 
 
-#: Open holds of :func:`restricted_route_for_threads` (while above 0, SciPy's BLAS is held at one thread for the
-#: whole process, and every thread may take :func:`eigh_leading`'s restricted route).
+#: Open holds of :func:`restricted_route_for_threads` and the threadpoolctl limiter of the first one: while the
+#: count is above 0, SciPy's BLAS is held at one thread for the whole process, and every thread may take
+#: :func:`eigh_leading`'s restricted route.
 _threads_held = 0
+_threads_limiter = None
 _threads_held_lock = threading.Lock()
 
 
@@ -156,29 +158,43 @@ _threads_held_lock = threading.Lock()
 def restricted_route_for_threads():
     """Open :func:`eigh_leading`'s restricted route to every thread while inside; yields whether it is open.
 
-    Entered from the main thread, it holds SciPy's BLAS at one thread for the whole process (threadpoolctl's
-    limit takes effect only when set from the main thread, and then for every thread), so that each restricted
-    eigensolve runs alone in the thread that calls it. Measured with two threads at once on 768 x 768 float64
-    matrices: with the hold, every result bit for bit the main thread's alone; without it, none. Yields False
-    (and changes nothing) outside the main thread, without SciPy or threadpoolctl, or where the hold cannot be
-    read back; other threads then keep the full :func:`eigh`. share_torch enters it around its module threads.
+    Entered from the main thread, it holds the BLAS libraries threadpoolctl finds (SciPy's and NumPy's
+    OpenBLAS; torch's own BLAS is left alone) at one thread for the whole process (threadpoolctl's limit takes
+    effect only when set from the main thread, and then for every thread), so that each restricted eigensolve
+    runs alone in the thread that calls it. Measured with two threads at once on 768 x 768 float64 matrices:
+    with the hold, every result bit for bit the main thread's alone; without it, none. Holds nest and may close
+    in any order: the first sets the limit, the last lifts it. Yields False (and changes nothing) outside the
+    main thread, without SciPy or threadpoolctl, or where the hold cannot be read back. share_torch enters it
+    around its module threads.
     """
-    global _threads_held
+    global _threads_held, _threads_limiter
     found = _scipy_lapack() if threading.current_thread() is threading.main_thread() else None
     if found is None:
         yield False
         return
-    with _one_blas_thread(found[2]) as single:
-        if not single:
-            yield False
-            return
-        with _threads_held_lock:
+    blas = found[2]
+    with _threads_held_lock:
+        if _threads_held == 0:
+            limiter = blas.limit(limits=1)
+            seen = blas.info()  # empty when threadpoolctl does not know the library (then nothing is held)
+            if not (seen and all(lib["num_threads"] == 1 for lib in seen)):
+                limiter.restore_original_limits()
+                limiter = None
+            _threads_limiter = limiter
+        held = _threads_limiter is not None
+        if held:
             _threads_held += 1
-        try:
-            yield True
-        finally:
-            with _threads_held_lock:
-                _threads_held -= 1
+    if not held:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with _threads_held_lock:
+            _threads_held -= 1
+            if _threads_held == 0:
+                _threads_limiter.restore_original_limits()
+                _threads_limiter = None
 
 
 def _on_host(s: Array, xp: Namespace) -> bool:

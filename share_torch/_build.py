@@ -94,7 +94,9 @@ def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], re
             freed.finished(_module_bytes(module, sources, read))
         return result
 
-    return dict(ordered_map(one, modules, _workers(modules, sources, read), wrap))
+    results = dict(ordered_map(one, modules, _workers(modules, sources, read), wrap))
+    freed.flush()
+    return results
 
 
 def _module_bytes(module: str, sources: Sequence[AdapterSource], read: Reader) -> int:

@@ -205,6 +205,14 @@ class FreedMemory:
             self._pending = 0
         release_freed_memory()
 
+    def flush(self) -> None:
+        """A last trim when modules finished since the previous one (the end of the run)."""
+        with self._lock:
+            if not self._pending:
+                return
+            self._pending = 0
+        release_freed_memory()
+
 
 def chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
     size = len(items) if size is None else size

@@ -268,3 +268,14 @@ def test_ordered_map_opens_the_restricted_route_to_its_workers(two_threads, monk
     alone = [linalg.eigh_leading(s, 8)[1] for s in matrices]
     assert taken == [threading.main_thread().name] * 4
     assert all(torch.equal(one, two) for one, two in zip(parallel, alone))  # one BLAS thread either way
+
+
+def test_holds_nest_and_may_close_in_any_order():
+    blas = linalg._scipy_lapack()[2]
+    before = [lib["num_threads"] for lib in blas.info()]
+    first, second = linalg.restricted_route_for_threads(), linalg.restricted_route_for_threads()
+    assert first.__enter__() and second.__enter__()
+    first.__exit__(None, None, None)  # the first closes first: the second still holds
+    assert linalg._threads_held == 1 and [lib["num_threads"] for lib in blas.info()] == [1] * len(before)
+    second.__exit__(None, None, None)
+    assert linalg._threads_held == 0 and [lib["num_threads"] for lib in blas.info()] == before
