@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from share_core._linalg import LEADING_MIN_SIZE
 from share_core.errors import InvalidArgumentError
 from share_hf.adapters import AdapterSource
 
@@ -94,7 +95,8 @@ def _module_results(modules: Sequence[str], sources: Sequence[AdapterSource], re
             freed.finished(_module_bytes(module, sources, read))
         return result
 
-    results = dict(ordered_map(one, modules, _workers(modules, sources, read), wrap))
+    restricted = max((sum(s.modules[m].rank for s in sources) for m in modules), default=0) >= LEADING_MIN_SIZE
+    results = dict(ordered_map(one, modules, _workers(modules, sources, read), wrap, hold_blas=restricted))
     freed.flush()
     return results
 

@@ -13,6 +13,7 @@ memory are shared rather than copied.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -50,19 +51,22 @@ def _one_thread() -> None:
 
 
 def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int,
-                wrap: Callable[[Iterable], Iterable] = iter) -> Iterator[tuple[T, R]]:
+                wrap: Callable[[Iterable], Iterable] = iter, hold_blas: bool = False) -> Iterator[tuple[T, R]]:
     """``(item, fn(item))`` in the order of `items`, computed by `workers` threads whose torch operations are
     single-threaded (with ``workers == 1``: in this thread, as a plain loop). `wrap` wraps the items as they are
     yielded (a progress bar advances as results arrive).
 
     On an error (or Ctrl-C) in any item, the items not yet started are cancelled, the running ones finish,
-    and the error is raised; torch's thread count is restored whatever happens."""
+    and the error is raised; torch's thread count is restored whatever happens. With `hold_blas`, the main thread
+    holds SciPy's BLAS at one thread while the workers run, so that they may take LAPACK's restricted
+    eigensolver (``share_core._linalg.restricted_route_for_threads``; it imports SciPy, about 0.25 s the first
+    time, so callers ask for it only where such eigensolves can occur)."""
     if workers <= 1:
         for item in wrap(items):
             yield item, fn(item)
         return
     threads = torch.get_num_threads()
-    with restricted_route_for_threads():  # the workers' eigensolves as the main thread's: one BLAS thread each
+    with restricted_route_for_threads() if hold_blas else contextlib.nullcontext():  # one BLAS thread each
         pool = ThreadPoolExecutor(max_workers=workers, initializer=_one_thread, thread_name_prefix="lorashare")
         try:
             futures: list[Future] = [pool.submit(fn, item) for item in items]

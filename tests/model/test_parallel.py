@@ -258,10 +258,12 @@ def test_a_hold_asked_for_outside_the_main_thread_changes_nothing(monkeypatch):
     assert seen == [(False, 0)] and taken == []
 
 
-def test_ordered_map_opens_the_restricted_route_to_its_workers(two_threads, monkeypatch):
+def test_ordered_map_opens_the_restricted_route_to_its_workers_when_asked(two_threads, monkeypatch):
     taken = _eigh_leading_routes(monkeypatch)
     matrices = [_scatter(seed) for seed in range(4)]
-    parallel = [v for _, (_, v) in ordered_map(lambda s: linalg.eigh_leading(s, 8), matrices, 2)]
+    list(ordered_map(lambda s: linalg.eigh_leading(s, 8), matrices, 2))
+    assert taken == []  # not asked: the workers decompose fully
+    parallel = [v for _, (_, v) in ordered_map(lambda s: linalg.eigh_leading(s, 8), matrices, 2, hold_blas=True)]
     assert len(taken) == 4 and all(name.startswith("lorashare") for name in taken), taken
     assert linalg._threads_held == 0
     taken.clear()
@@ -279,3 +281,23 @@ def test_holds_nest_and_may_close_in_any_order():
     assert linalg._threads_held == 1 and [lib["num_threads"] for lib in blas.info()] == [1] * len(before)
     second.__exit__(None, None, None)
     assert linalg._threads_held == 0 and [lib["num_threads"] for lib in blas.info()] == before
+
+
+def test_blas_is_held_only_for_sets_whose_stacks_can_reach_the_restricted_route(llama_adapters, wide_adapters,
+                                                                                 two_threads, monkeypatch):
+    """Holding imports SciPy (about 0.25 s in a fresh process): 5 adapters of rank 4 stack 20 columns, far below
+    LEADING_MIN_SIZE, so no hold; 40 of rank 8 stack 320."""
+    from share_torch import _parallel
+
+    holds = []
+    real = _parallel.restricted_route_for_threads
+
+    def recording():
+        holds.append(1)
+        return real()
+
+    monkeypatch.setattr(_parallel, "restricted_route_for_threads", recording)
+    SHAREModel.from_adapters(llama_adapters, num_components=3)
+    assert holds == []
+    SHAREModel.from_adapters(wide_adapters, num_components=32)
+    assert holds == [1]
