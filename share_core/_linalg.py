@@ -142,8 +142,14 @@ def _one_blas_thread(blas):
     cores. Its thread count also changes the rounding of the reduction, so one count is needed for
     reproducible results."""
     with blas.limit(limits=1):
-        found = blas.info()  # empty when threadpoolctl does not know the library (then nothing is held)
-        yield bool(found) and all(lib["num_threads"] == 1 for lib in found)
+        yield _held_at_one(blas)
+
+
+def _held_at_one(blas) -> bool:
+    """Whether threadpoolctl reads every BLAS library it found back at one thread (False when it found none:
+    then nothing is held)."""
+    found = blas.info()
+    return bool(found) and all(lib["num_threads"] == 1 for lib in found)
 
 
 #: Open holds of :func:`restricted_route_for_threads` and the threadpoolctl limiter of the first one: while the
@@ -176,8 +182,7 @@ def restricted_route_for_threads():
     with _threads_held_lock:
         if _threads_held == 0:
             limiter = blas.limit(limits=1)
-            seen = blas.info()  # empty when threadpoolctl does not know the library (then nothing is held)
-            if not (seen and all(lib["num_threads"] == 1 for lib in seen)):
+            if not _held_at_one(blas):
                 limiter.restore_original_limits()
                 limiter = None
             _threads_limiter = limiter
