@@ -75,36 +75,43 @@ def _data_scale(x: Array, dtype, xp: Namespace) -> Array:
 
 
 def _unit_scaled(x: Array, dtype, xp: Namespace) -> tuple[Array, Array]:
-    """x / c in `dtype`, c = :func:`_data_scale`."""
+    """x / c in `dtype`, c = :func:`_data_scale`. A widened copy is scaled in place: one (d, n) array made,
+    not two (each fresh array of a module's stack is megabytes of pages the OS hands over one by one)."""
     c = _data_scale(x, dtype, xp)
-    return as_work(x, dtype, xp) / c, c
+    if x.dtype == dtype:
+        return x / c, c  # (x is the caller's: never scaled in place)
+    y = xp.astype(x, dtype)
+    y /= c
+    return y, c
 
 
-def _gram_eigh(x: Array, dtype, xp: Namespace) -> tuple[Array, Array, Array]:
-    """(w, p, c): eigenvalues (n,) of the (n, n) Gram matrix of ``y = x / c``, descending and
+def _gram_eigh(x: Array, dtype, xp: Namespace) -> tuple[Array, Array, Array, Array]:
+    """(w, p, c, y): eigenvalues (n,) of the (n, n) Gram matrix of ``y = x / c``, descending and
     clipped, and its eigenvectors (n, n), in `dtype`; ``c = max |x|`` (0-d, 1 for zero data), so
-    squaring cannot under/overflow and ``w * c**2`` are the squared singular values of x."""
+    squaring cannot under/overflow and ``w * c**2`` are the squared singular values of x. The scaled
+    stack y (d, n) in `dtype` comes back too: the basis and the refinement form their vectors from it."""
     y, c = _unit_scaled(x, dtype, xp)
     w, p = eigh(y.mT @ y, xp=xp)
-    return w, p, c
+    return w, p, c, y
 
 
 def _gram_basis(
-    x: Array, w: Array, p: Array, c: Array, rtol: float, scale: Array, xp: Namespace, keep: int | None = None
+    x: Array, gram: tuple, rtol: float, scale: Array, xp: Namespace, keep: int | None = None
 ) -> tuple[Array, Array]:
-    """u = orth(x p) for the leading eigenvectors p of the Gram matrix (:func:`_gram_eigh`) that
-    clear the rank rule, and their energies, in the dtype of `x`.
+    """u = orth(x p) for the leading eigenvectors p of the Gram matrix (``gram``, from :func:`_gram_eigh`
+    of x) that clear the rank rule, and their energies, in the dtype of `x`.
 
     ``x p / s`` is the textbook formula, but small eigenvalues of x^T x carry an absolute
     error of about ``eps * s_max**2``, so dividing by ``s`` mis-scales the small columns;
     a reduced QR of ``x p`` normalizes them instead.
     """
+    w, p, c, y = gram
     q = _count_above(w, _eig_threshold(w, rtol, as_work(scale, w.dtype, xp) / c, xp.finfo(w.dtype).eps, xp), xp)
     kept = _kept(q, keep)
     if kept == 0:
         u = xp.zeros((x.shape[0], 0), dtype=x.dtype, device=device(x))
     else:
-        u, _ = qr(as_work(x, w.dtype, xp) / c @ p[:, :kept], "basis", xp)
+        u, _ = qr(y @ p[:, :kept], "basis", xp)
         u = as_work(u * column_signs(u, xp)[None, :], x.dtype, xp)
     return u, as_work(w[:q] * (c * c), x.dtype, xp)
 
@@ -113,8 +120,7 @@ def _gram_route(
     x: Array, rtol: float, scale: Array, xp: Namespace, accumulate: bool = True, keep: int | None = None
 ) -> tuple[Array, Array]:
     """Eigenvectors V of the (n, n) Gram matrix x^T x, then u = orth(x V)."""
-    w, p, c = _gram_eigh(x, _squaring_dtype(x, accumulate, xp), xp)
-    return _gram_basis(x, w, p, c, rtol, scale, xp, keep)
+    return _gram_basis(x, _gram_eigh(x, _squaring_dtype(x, accumulate, xp), xp), rtol, scale, xp, keep)
 
 
 _SCATTER_BLOCK = 2048  # columns of x scaled (and widened) at a time for the scatter
@@ -204,8 +210,7 @@ def _auto(
     d, n = x.shape
     if n < d:
         if _gram_pays(x, keep, xp):
-            w, p, c = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
-            return (*_gram_basis(x, w, p, c, rtol, scale, xp, keep), "gram")
+            return (*_gram_basis(x, _gram_eigh(x, _squaring_dtype(x, True, xp), xp), rtol, scale, xp, keep), "gram")
         return (*_svd_route(x, rtol, scale, xp, keep), "svd")
     u, energies = _covariance_route(x, rtol, scale, xp, accumulate=False, keep=keep)
     q = energies.shape[0]
@@ -377,7 +382,7 @@ def basis_with_route(
 
 
 def gram_fit(x: Array, /, *, max_components: int, xp: Namespace | None = None) -> tuple[Array, tuple] | None:
-    """The energies of :func:`basis` for uncentered `x` (d, n) and `max_components`, plus the ``(w, p, c)``
+    """The energies of :func:`basis` for uncentered `x` (d, n) and `max_components`, plus the ``(w, p, c, y)``
     of its Gram matrix (:func:`_gram_eigh`), when "auto" takes the Gram route; else None. The basis
     itself is left to :func:`gram_leading` (a caller that refines it next never needs it).
 
@@ -390,10 +395,11 @@ def gram_fit(x: Array, /, *, max_components: int, xp: Namespace | None = None) -
     if not (n < d and _gram_pays(x, keep, xp)):
         return None
     check_finite(x, "x", "basis", xp)
-    w, p, c = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
+    gram = _gram_eigh(x, _squaring_dtype(x, True, xp), xp)
+    w, _, c, _ = gram
     q = _count_above(w, _eig_threshold(w, max(d, n) * xp.finfo(x.dtype).eps, xp.zeros((), dtype=w.dtype, device=device(w)),
                                        xp.finfo(w.dtype).eps, xp), xp)
-    return as_work(w[:q] * (c * c), x.dtype, xp), (w, p, c)
+    return as_work(w[:q] * (c * c), x.dtype, xp), gram
 
 
 def gram_leading(x: Array, gram: tuple, k: int, /, *, xp: Namespace | None = None) -> Array:
@@ -401,6 +407,5 @@ def gram_leading(x: Array, gram: tuple, k: int, /, *, xp: Namespace | None = Non
     them; `k` at most the number of energies)."""
     xp = array_namespace(x) if xp is None else xp
     x = as_work(x, work_dtype(xp, x), xp)
-    w, p, c = gram
     zero = xp.zeros((), dtype=x.dtype, device=device(x))
-    return _gram_basis(x, w, p, c, max(x.shape) * xp.finfo(x.dtype).eps, zero, xp, k)[0]
+    return _gram_basis(x, gram, max(x.shape) * xp.finfo(x.dtype).eps, zero, xp, k)[0]

@@ -128,7 +128,7 @@ def _oriented(x: Array, xp: Namespace) -> Array:
 def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int, steps: int, xp: Namespace,
                   gram_b: tuple | None = None, gram_a: tuple | None = None) -> tuple[Array, Array]:
     """:func:`refine_bases` on the stacked columns ``Bs`` (d_out, n), ``As`` (d_in, n) of `n_items` equal
-    blocks, to a U of at most `k_b` columns, reusing the ``(w, p, c)`` of their Gram matrices
+    blocks, to a U of at most `k_b` columns, reusing the ``(w, p, c, y)`` of their Gram matrices
     (``share_core._basis.gram_fit``) when the caller already has them. `v` is the starting V, or an int
     k_A to start from the leading k_A components of ``As`` given by `gram_a` (never formed: ``As^T V`` is
     ``p_k w_k^1/2`` there)."""
@@ -137,11 +137,8 @@ def refine_stacks(bs: Array, as_: Array, v: Array | int, n_items: int, k_b: int,
     wide = _squaring_dtype(as_work(bs, dtype, xp), True, xp)
     sides = []
     for x, gram in ((bs, gram_b), (as_, gram_a)):
-        x = as_work(x, dtype, xp)
-        if gram is None:
-            gram = _gram_eigh(x, wide, xp)
-        w, p, c = gram
-        sides.append((as_work(x, w.dtype, xp) / c, _root(w, p, xp), w, p))
+        w, p, _, y = _gram_eigh(as_work(x, dtype, xp), wide, xp) if gram is None else gram
+        sides.append((y, _root(w, p, xp), w, p))
     (yb, root_b, _, _), (ya, root_a, w_a, p_a) = sides
     eps_gram = float(xp.finfo(ya.dtype).eps) / 2 if ya.dtype != dtype else None  # (wider Gram: r-sized route)
     u = v_step = None  # the last half-steps' (x, u, y^T u)

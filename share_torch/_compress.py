@@ -226,7 +226,8 @@ class SideFit:
     mean: torch.Tensor | None    # (d,)
     energies: torch.Tensor       # (rank,) squared singular values of the (centered) stack
     columns: int                 # stacked columns
-    gram: tuple | None = None    # (w, p, c) of the stack's Gram matrix, when the basis comes from it ...
+    gram: tuple | None = None    # (w, p, c, y) of the stack's Gram matrix (y: the stack scaled, widened), when the
+                                 # basis comes from it ...
     stack: torch.Tensor | None = None  # ... and the (d, n) stack (to form the basis only if asked; projected again)
 
     def leading(self, k: int) -> torch.Tensor:

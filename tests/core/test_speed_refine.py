@@ -115,6 +115,31 @@ def test_the_gram_shortcut_gives_the_svd_basis(backend, k):
     assert np.allclose(backend.to_numpy(u), backend.to_numpy(u_svd), atol=1e-4)  # same signs too
 
 
+def test_the_gram_routes_leave_the_callers_stack_as_it_was(backend, dtype):
+    """The Gram's widened copy is scaled in place (one (d, n) array instead of two); the caller's stack, which
+    is that copy's source (and is the scaled array itself when no wider type exists), stays untouched,
+    through the basis, `gram_fit` / `gram_leading` and the refinement that reuses the scaled stack."""
+    from share_core._basis import gram_fit, gram_leading
+    from share_core._refine import refine_stacks, stacked_columns
+
+    b, a, _, _ = _module(11, n_items=4, r=3, d_out=60, d_in=50, k_b=3, k_a=2)
+    b_x, a_x = backend.asarray(b * 7.0, dtype), backend.asarray(a * 7.0, dtype)
+    xp = sc.array_namespace(b_x)
+    bs, as_ = stacked_columns(b_x, a_x, xp)
+    before = [backend.to_numpy(t).copy() for t in (bs, as_)]
+    u, _, _, route = basis_with_route(bs, max_components=2)
+    assert route == ("gram" if dtype == "float32" else "svd")
+    fits = [gram_fit(x, max_components=2) for x in (bs, as_)]
+    if dtype == "float32":  # gram_fit applies (a wider Gram exists): its basis and the refinement reuse it
+        assert all(fit is not None for fit in fits)
+        assert np.allclose(projector(backend.to_numpy(gram_leading(bs, fits[0][1], 2))),
+                           projector(backend.to_numpy(u)), atol=1e-5)
+        refine_stacks(bs, as_, 2, 4, 3, 1, xp, fits[0][1], fits[1][1])
+    refine_stacks(bs, as_, 2, 4, 3, 1, xp)
+    for got, want in zip((bs, as_), before):
+        assert np.array_equal(backend.to_numpy(got), want)
+
+
 def test_dw_norms_come_from_the_error_qr(backend, dtype):
     """The private pooled-error helper: ||dW - dW^|| and ||dW|| of each item, as dense products give them
     (torch takes an R-only QR there)."""
