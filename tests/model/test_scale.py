@@ -144,3 +144,46 @@ def test_layer_by_layer_trims_by_bytes_not_after_every_small_module(many_adapter
     assert len(model.modules) > 1 and len(calls) == expected
     SHAREModel.from_adapters(many_adapters, num_components=4)  # in memory: nothing is trimmed
     assert len(calls) == expected
+
+
+def _block(ranks, scales, seed=0, d_out=40, d_in=36):
+    """Folded pairs of one module with the given ranks, their stacks, and rebuilt columns (a perturbation)."""
+    from share_torch._compress import columns
+
+    gen = torch.Generator().manual_seed(seed)
+    folded = [(torch.randn(r, d_in, generator=gen), torch.randn(d_out, r, generator=gen) * 0.1) for r in ranks]
+    stacks = {side: torch.cat(columns(folded, side), dim=1) for side in ("lora_A", "lora_B")}
+    rebuilt = {side: x + 0.01 * torch.randn(x.shape, generator=gen) for side, x in stacks.items()}
+    ends = torch.tensor(ranks).cumsum(0).tolist()
+    return folded, stacks, rebuilt, list(zip([0, *ends[:-1]], ends)), scales
+
+
+@pytest.mark.parametrize("ranks, dtypes", [
+    ([4, 4, 4], [torch.bfloat16] * 3),                            # one rank, one dtype: the block route
+    ([4, 4, 4], [torch.float32] * 3),
+    ([4, 4, 4], [torch.bfloat16, torch.float16, torch.float32]),  # mixed dtypes: pair by pair
+    ([2, 4, 3], [torch.bfloat16] * 3),                            # mixed ranks: pair by pair
+])
+def test_block_dw_errors_give_the_pair_by_pair_errors_of_what_is_written(ranks, dtypes, monkeypatch):
+    """A block's dW errors, from views of its stacks with the rounding to the adapters' dtype done for the
+    block at once, equal those of each adapter's factors as written (`as_written`), pair by pair."""
+    from share_torch import _compress
+
+    folded, stacks, rebuilt, spans, scales = _block(ranks, [2.0, -0.5, 1.0 / 3.0])
+    want = [_compress.dw_abs_and_norm(a, b, *_compress.as_written(rebuilt["lora_A"][:, s:e].mT,
+                                                                    rebuilt["lora_B"][:, s:e], scale, dtype))
+            for (a, b), (s, e), scale, dtype in zip(folded, spans, scales, dtypes)]
+    block_route = len(set(ranks)) == 1 and len(set(dtypes)) == 1
+    as_written = _compress.as_written
+    if block_route:  # the per-pair rounding is not used there
+        monkeypatch.setattr(_compress, "as_written", lambda *args: pytest.fail("pair-by-pair rounding called"))
+    scratch = {side: x.clone() for side, x in rebuilt.items()}  # (rounded in place there)
+    got = _compress.block_dw_errors(folded, stacks, scratch, spans, scales, dtypes)
+    assert len(got) == len(want)
+    for (err, norm), (err_want, norm_want) in zip(got, want):
+        assert err == pytest.approx(err_want, rel=1e-5) and norm == pytest.approx(norm_want, rel=1e-5)
+    if dtypes[0] == torch.bfloat16 and block_route:  # the rounding is in the error: without it, another figure
+        unrounded = _compress.block_dw_errors(folded, stacks, rebuilt, spans, scales, [torch.float32] * 3)
+        a_back, b_back = as_written(rebuilt["lora_A"][:, :4].mT, rebuilt["lora_B"][:, :4], 2.0, dtypes[0])
+        assert torch.equal(scratch["lora_B"][:, :4], b_back) and torch.equal(scratch["lora_A"][:, :4], a_back.mT)
+        assert all(abs(u - g) > 1e-6 * g for (u, _), (g, _) in zip(unrounded, got))
