@@ -338,7 +338,8 @@ def as_written(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtyp
 
 def _block_as_written(rebuilt: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]], scales: Sequence[float],
                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """:func:`as_written` of a block's rebuilt columns (B^ (d_out, n), A^^T (d_in, n); adapter i in its span),
+    """:func:`as_written` of a block's rebuilt columns (B^ (d_out, n) and the transposed A^ (d_in, n); adapter i
+    in its span),
     all of one adapter dtype, at once and IN PLACE (`rebuilt` is the caller's scratch): the same products by the
     same float32 factors, column by column, so the same bits as adapter by adapter, in a few passes over the block
     instead of six small arrays per adapter and one fresh array per pass."""
@@ -368,10 +369,14 @@ def block_dw_errors(folded: Sequence[Folded], stacks: dict[str, torch.Tensor], r
     (`stacks`, B (d_out, n) and A^T (d_in, n)) and the rebuilt ones as :func:`restore` gives them, adapter i in
     columns ``spans[i]`` (scratch: rounded in place), scales and adapter dtypes for :func:`as_written`.
 
-    Where every adapter has one rank and one dtype, the (N, d, r) stacks :func:`share_core.dw_errors` takes are
-    views of those columns and the rounding is done for the block at once; otherwise pair by pair."""
+    Where every adapter has one rank and one dtype and the spans tile the columns in order, the stacks
+    ``share_core._factors.dw_errors_and_norms`` takes (B (N, d_out, r), A (N, r, d_in)) are views of those
+    columns and the rounding is done for the block at once (the same bits as pair by pair on the CPU, checked;
+    a GPU's kernels may order a strided operand's sums differently); otherwise pair by pair."""
     widths = {end - start for start, end in spans}
-    if len(widths) != 1 or len(set(dtypes)) != 1:
+    tiled = (spans[0][0] == 0 and all(end == start for (_, end), (start, _) in zip(spans, spans[1:]))
+             and all(int(x.shape[1]) == spans[-1][1] for x in (*stacks.values(), *rebuilt.values())))
+    if len(widths) != 1 or len(set(dtypes)) != 1 or not tiled:
         pairs = [as_written(rebuilt["lora_A"][:, start:end].mT, rebuilt["lora_B"][:, start:end], scale, dtype)
                  for (start, end), scale, dtype in zip(spans, scales, dtypes)]
         return batched_dw_errors(folded, pairs)
@@ -536,7 +541,8 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
                   int4: dict[str, int] | None = None) -> ModuleResult:
     """Truncate (and optionally refine) one module's bases, project every adapter, store, measure dW errors.
 
-    With mixed storage, `int4` gives each side's basis columns stored in int4 (the last ones)."""
+    With mixed storage, `int4` gives each side's basis columns stored in int4 (the last ones). The fits' Gram
+    factors are dropped once the bases are made (``fits[side].gram = None``): fits are used once."""
     out = ModuleResult(loadings={s.name: {} for s in sources})
     info = sources[0].modules[module]
     centered = fits["lora_A"].mean is not None
@@ -553,6 +559,8 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
         bases = {side: fits[side].leading(kk[side]) for side in SIDES}
         if refine_steps and not centered and not complete:
             bases["lora_B"], bases["lora_A"] = refine(folds, bases["lora_B"], bases["lora_A"], refine_steps)
+    for side in SIDES:  # spent: the Gram factors' widened stacks are not held through the projections and errors
+        fits[side].gram = None
     out.group = {"d_in": info.d_in, "d_out": info.d_out, "per_adapter": form}
     stored = {}
     for side in SIDES:
