@@ -336,58 +336,54 @@ def as_written(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtyp
     return a_back, b_back
 
 
-def _block_as_written(rebuilt: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]], scales: Sequence[float],
-                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """:func:`as_written` of a block's rebuilt columns (B^ (d_out, n) and the transposed A^ (d_in, n); adapter i
-    in its span),
-    all of one adapter dtype, at once and IN PLACE (`rebuilt` is the caller's scratch): the same products by the
-    same float32 factors, column by column, so the same bits as adapter by adapter, in a few passes over the block
-    instead of six small arrays per adapter and one fresh array per pass."""
-    b = rebuilt["lora_B"]
+def _block_as_written(rows: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]], scales: Sequence[float],
+                      dtype: torch.dtype) -> None:
+    """:func:`as_written` of a block's rebuilt factors given as rows (B^ transposed (n, d_out), A^ (n, d_in);
+    adapter i in rows ``spans[i]``), all of one adapter dtype, at once and IN PLACE: the same products by the same
+    float32 factors, row by row, so the same bits as adapter by adapter, in a few passes over the block instead of
+    six small arrays per adapter."""
+    b = rows["lora_B"]
     if dtype not in (torch.float16, torch.bfloat16) or dtype == b.dtype:
-        return rebuilt
+        return
 
-    def per_column(values: list[float]) -> torch.Tensor:
+    def per_row(values: list[float]) -> torch.Tensor:
         return torch.tensor([v for (start, end), v in zip(spans, values) for _ in range(end - start)], dtype=b.dtype,
-                            device=b.device)
+                            device=b.device)[:, None]
 
-    unfold = {"lora_B": per_column([math.copysign(math.sqrt(abs(1.0 / s)), 1.0 / s) for s in scales]),
-              "lora_A": per_column([math.sqrt(abs(1.0 / s)) for s in scales])}
-    fold_back = {"lora_B": per_column([math.copysign(math.sqrt(abs(s)), s) for s in scales]),
-                 "lora_A": per_column([math.sqrt(abs(s)) for s in scales])}
-    for side, x in rebuilt.items():  # scale unfolded, rounded to the adapter's dtype, folded again
+    unfold = {"lora_B": per_row([math.copysign(math.sqrt(abs(1.0 / s)), 1.0 / s) for s in scales]),
+              "lora_A": per_row([math.sqrt(abs(1.0 / s)) for s in scales])}
+    fold_back = {"lora_B": per_row([math.copysign(math.sqrt(abs(s)), s) for s in scales]),
+                 "lora_A": per_row([math.sqrt(abs(s)) for s in scales])}
+    for side, x in rows.items():  # scale unfolded, rounded to the adapter's dtype, folded again
         x.mul_(unfold[side])
         x.copy_(x.to(dtype))
         x.mul_(fold_back[side])
-    return rebuilt
 
 
-def block_dw_errors(folded: Sequence[Folded], stacks: dict[str, torch.Tensor], rebuilt: dict[str, torch.Tensor],
-                    spans: Sequence[tuple[int, int]], scales: Sequence[float],
-                    dtypes: Sequence[torch.dtype]) -> list[tuple[float, float]]:
-    """(||dW - dW^||_F, ||dW||_F) of a block of adapters of one module from its stacks: the folded factors'
-    (`stacks`, B (d_out, n) and A^T (d_in, n)) and the rebuilt ones as :func:`restore` gives them, adapter i in
-    columns ``spans[i]`` (scratch: rounded in place), scales and adapter dtypes for :func:`as_written`.
+def block_dw_errors(folded: Sequence[Folded], rebuilt: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]],
+                    scales: Sequence[float], dtypes: Sequence[torch.dtype]) -> list[tuple[float, float]]:
+    """(||dW - dW^||_F, ||dW||_F) of a block of adapters of one module: their folded factors against the rebuilt
+    ones as :func:`restore` gives them (B^ (d_out, n) and A^ transposed (d_in, n), adapter i in columns
+    ``spans[i]``) and as the adapters' dtypes hold them (:func:`as_written`, with the scales).
 
-    Where every adapter has one rank and one dtype and the spans tile the columns in order, the stacks
-    ``share_core._factors.dw_errors_and_norms`` takes (B (N, d_out, r), A (N, r, d_in)) are views of those
-    columns and the rounding is done for the block at once (the same bits as pair by pair on the CPU, checked;
-    a GPU's kernels may order a strided operand's sums differently); otherwise pair by pair."""
+    Where every adapter has one rank and one dtype and the spans tile the columns in order, the rebuilt columns
+    are transposed once into rows (one blocked copy per side, so that each adapter's factor is contiguous for the
+    error QR's input: read in place from the (d, n) columns it is strided by n, which for N = 1000 adapters' blocks
+    of 64 is one page per element) and rounded there for the block at once; the same bits as pair by pair.
+    Otherwise pair by pair."""
     widths = {end - start for start, end in spans}
     tiled = (spans[0][0] == 0 and all(end == start for (_, end), (start, _) in zip(spans, spans[1:]))
-             and all(int(x.shape[1]) == spans[-1][1] for x in (*stacks.values(), *rebuilt.values())))
+             and all(int(x.shape[1]) == spans[-1][1] for x in rebuilt.values()))
     if len(widths) != 1 or len(set(dtypes)) != 1 or not tiled:
         pairs = [as_written(rebuilt["lora_A"][:, start:end].mT, rebuilt["lora_B"][:, start:end], scale, dtype)
                  for (start, end), scale, dtype in zip(spans, scales, dtypes)]
         return batched_dw_errors(folded, pairs)
     r, n_items = widths.pop(), len(spans)
-    written = _block_as_written(rebuilt, spans, scales, dtypes[0])
-
-    def items(cols: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # (N, r, d_in), (N, d_out, r)
-        b, a = cols["lora_B"], cols["lora_A"]
-        return (a.reshape(a.shape[0], n_items, r).permute(1, 2, 0), b.reshape(b.shape[0], n_items, r).permute(1, 0, 2))
-
-    (a, b), (a_hat, b_hat) = items(stacks), items(written)
+    rows = {side: x.mT.contiguous() for side, x in rebuilt.items()}
+    _block_as_written(rows, spans, scales, dtypes[0])
+    a, b = _stacked(folded)
+    a_hat = rows["lora_A"].reshape(n_items, r, -1)
+    b_hat = rows["lora_B"].reshape(n_items, r, -1).mT
     abs_err, norms = dw_errors_and_norms(b, a, b_hat, a_hat)
     return list(zip(abs_err.tolist(), norms.tolist()))
 
@@ -584,9 +580,9 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
         ends = list(itertools.accumulate(int(a.shape[0]) for a, _ in folded))
         spans = list(zip([0, *ends[:-1]], ends))  # adapter i's columns of the block's stacks
         whole = len(chunk) == len(sources)  # the one block of one chunk: the fit's own stack where it kept it
-        stacks = {side: fits[side].stack if whole and fits[side].stack is not None else core.stack(columns(folded, side))
-                  for side in SIDES}
-        loads = {side: core.project(stacks[side], bases[side], mean=fits[side].mean) for side in SIDES}
+        loads = {side: core.project(fits[side].stack if whole and fits[side].stack is not None
+                                    else core.stack(columns(folded, side)), bases[side], mean=fits[side].mean)
+                 for side in SIDES}
         for side in SIDES:
             captured[side] += float(torch.sum(loads[side] * loads[side]))
         kept: dict[str, list[torch.Tensor]] = {side: [] for side in SIDES}
@@ -606,7 +602,7 @@ def finish_module(module: str, sources: Sequence[AdapterSource], folds: Folds, f
                 on_device[side] = tuple(None if t is None else t.to(a0.device, a0.dtype) for t in stored[side])
         rebuilt = {side: restore(torch.cat(kept[side], dim=1), *on_device[side], a0.device, a0.dtype)
                    for side in SIDES}
-        errors = block_dw_errors(folded, stacks, rebuilt, spans, [src.modules[module].scale for src in chunk],
+        errors = block_dw_errors(folded, rebuilt, spans, [src.modules[module].scale for src in chunk],
                                  [src.dtype for src in chunk])
         for src, pair in zip(chunk, errors):
             out.errors[src.name] = pair

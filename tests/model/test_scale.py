@@ -147,7 +147,8 @@ def test_layer_by_layer_trims_by_bytes_not_after_every_small_module(many_adapter
 
 
 def _block(ranks, scales, seed=0, d_out=40, d_in=36):
-    """Folded pairs of one module with the given ranks, their stacks, and rebuilt columns (a perturbation)."""
+    """Folded pairs of one module with the given ranks, rebuilt columns (a perturbation of their stacks, laid out
+    as `restore` gives them: B^ (d_out, n), A^ transposed (d_in, n)), the adapters' column spans and scales."""
     from share_torch._compress import columns
 
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +156,7 @@ def _block(ranks, scales, seed=0, d_out=40, d_in=36):
     stacks = {side: torch.cat(columns(folded, side), dim=1) for side in ("lora_A", "lora_B")}
     rebuilt = {side: x + 0.01 * torch.randn(x.shape, generator=gen) for side, x in stacks.items()}
     ends = torch.tensor(ranks).cumsum(0).tolist()
-    return folded, stacks, rebuilt, list(zip([0, *ends[:-1]], ends)), scales
+    return folded, rebuilt, list(zip([0, *ends[:-1]], ends)), scales
 
 
 @pytest.mark.parametrize("d_out, d_in", [(40, 36), (36, 40)])  # the error QR on B's side, then on A's
@@ -167,43 +168,54 @@ def _block(ranks, scales, seed=0, d_out=40, d_in=36):
     ([2, 4, 3], [torch.bfloat16] * 3),                            # mixed ranks: pair by pair
 ])
 def test_block_dw_errors_give_the_pair_by_pair_errors_of_what_is_written(ranks, dtypes, d_out, d_in, monkeypatch):
-    """A block's dW errors, from views of its stacks with the rounding to the adapters' dtype done for the
-    block at once (in place), equal those of each adapter's factors as written (`as_written`) pair by pair,
-    to the bit."""
+    """A block's dW errors, with the rounding to the adapters' dtype done for the block at once (on a transposed
+    copy of the rebuilt columns), equal those of each adapter's factors as written (`as_written`) pair by pair,
+    to the bit; the rebuilt columns are left as they were."""
     from share_torch import _compress
 
-    folded, stacks, rebuilt, spans, scales = _block(ranks, [2.0, -0.5, 1.0 / 3.0], d_out=d_out, d_in=d_in)
+    folded, rebuilt, spans, scales = _block(ranks, [2.0, -0.5, 1.0 / 3.0], d_out=d_out, d_in=d_in)
+    before = {side: x.clone() for side, x in rebuilt.items()}
     want = [_compress.dw_abs_and_norm(a, b, *_compress.as_written(rebuilt["lora_A"][:, s:e].mT,
                                                                     rebuilt["lora_B"][:, s:e], scale, dtype))
             for (a, b), (s, e), scale, dtype in zip(folded, spans, scales, dtypes)]
     block_route = len(set(ranks)) == 1 and len(set(dtypes)) == 1
-    as_written = _compress.as_written
     if block_route:  # the per-pair rounding is not used there
         monkeypatch.setattr(_compress, "as_written", lambda *args: pytest.fail("pair-by-pair rounding called"))
-    scratch = {side: x.clone() for side, x in rebuilt.items()}  # (rounded in place there)
-    got = _compress.block_dw_errors(folded, stacks, scratch, spans, scales, dtypes)
+    got = _compress.block_dw_errors(folded, rebuilt, spans, scales, dtypes)
     if block_route:
         assert got == want
     else:  # (mixed ranks are zero-padded into one batched QR: equal to rounding)
         assert got == [(pytest.approx(e, rel=1e-5), pytest.approx(n, rel=1e-5)) for e, n in want]
+    assert all(torch.equal(rebuilt[side], before[side]) for side in rebuilt)
     if dtypes[0] != torch.float32 and block_route:  # the rounding is in the error: without it, other figures
-        unrounded = _compress.block_dw_errors(folded, stacks, rebuilt, spans, scales, [torch.float32] * 3)
+        unrounded = _compress.block_dw_errors(folded, rebuilt, spans, scales, [torch.float32] * 3)
         assert all(u != g for (u, _), (g, _) in zip(unrounded, got))
-        a_back, b_back = as_written(rebuilt["lora_A"][:, :4].mT, rebuilt["lora_B"][:, :4], 2.0, dtypes[0])
-        assert torch.equal(scratch["lora_B"][:, :4], b_back) and torch.equal(scratch["lora_A"][:, :4], a_back.mT)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_block_rounding_of_rows_is_as_written_adapter_by_adapter(dtype):
+    """The rounding of a block's rows, in place, gives each adapter's `as_written` factors to the bit."""
+    from share_torch import _compress
+
+    folded, rebuilt, spans, scales = _block([4, 4, 4], [2.0, -0.5, 1.0 / 3.0])
+    rows = {side: x.mT.contiguous() for side, x in rebuilt.items()}
+    _compress._block_as_written(rows, spans, scales, dtype)
+    for (s, e), scale in zip(spans, scales):
+        a_back, b_back = _compress.as_written(rebuilt["lora_A"][:, s:e].mT, rebuilt["lora_B"][:, s:e], scale, dtype)
+        assert torch.equal(rows["lora_B"][s:e], b_back.mT) and torch.equal(rows["lora_A"][s:e], a_back)
 
 
 def test_block_dw_errors_take_the_pair_by_pair_route_where_spans_do_not_tile_the_columns(monkeypatch):
-    """Spans out of the stacks' column order cannot be read as views: pair by pair, with each adapter's own
+    """Spans out of the columns' order cannot be read as rows in order: pair by pair, with each adapter's own
     columns."""
     from share_torch import _compress
 
-    folded, stacks, rebuilt, spans, scales = _block([4, 4, 4], [2.0, -0.5, 1.0 / 3.0])
+    folded, rebuilt, spans, scales = _block([4, 4, 4], [2.0, -0.5, 1.0 / 3.0])
     order = [2, 0, 1]
-    want = _compress.block_dw_errors([folded[i] for i in order], stacks, {s: x.clone() for s, x in rebuilt.items()},
-                                     [spans[i] for i in order], [scales[i] for i in order], [torch.bfloat16] * 3)
+    want = _compress.block_dw_errors([folded[i] for i in order], rebuilt, [spans[i] for i in order],
+                                     [scales[i] for i in order], [torch.bfloat16] * 3)
     calls = []
     as_written = _compress.as_written
     monkeypatch.setattr(_compress, "as_written", lambda *args: calls.append(1) or as_written(*args))
-    got = _compress.block_dw_errors(folded, stacks, rebuilt, spans, scales, [torch.bfloat16] * 3)
+    got = _compress.block_dw_errors(folded, rebuilt, spans, scales, [torch.bfloat16] * 3)
     assert not calls and [got[i] for i in order] == want
