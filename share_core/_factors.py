@@ -53,10 +53,16 @@ def fold_scale(b: Array, a: Array, /, *, scale: float, xp: Namespace | None = No
     """
     xp = array_namespace(b, a) if xp is None else xp
     _check_pair(b, a)
-    s = check_real(scale, "scale")
+    on_b, on_a = fold_factors(check_real(scale, "scale"))
     dtype = work_dtype(xp, b, a)
-    root = math.sqrt(abs(s))
-    return as_work(b, dtype, xp) * math.copysign(root, s), as_work(a, dtype, xp) * root
+    return as_work(b, dtype, xp) * on_b, as_work(a, dtype, xp) * on_a
+
+
+def fold_factors(scale: float) -> tuple[float, float]:
+    """The numbers :func:`fold_scale` multiplies b and a by: ``(sqrt|s| * sign(s), sqrt|s|)``. Private: for
+    callers that fold many pairs' scales at once, by the same rule."""
+    root = math.sqrt(abs(scale))
+    return math.copysign(root, scale), root
 
 
 def balance(b: Array, a: Array, /, *, scale: float, xp: Namespace | None = None) -> tuple[Array, Array]:

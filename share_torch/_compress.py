@@ -26,7 +26,7 @@ import torch
 import share_core as core
 from share_core._basis import gram_fit, gram_leading
 from share_core._core_form import factor_core
-from share_core._factors import dw_errors_and_norms
+from share_core._factors import dw_errors_and_norms, fold_factors
 from share_core._linalg import qr, r_factor  # (scaled first on GPUs, whose QRs square entries unscaled)
 from share_core._refine import refine_stacks, stacked_columns
 from share_core.errors import InvalidArgumentError
@@ -350,14 +350,12 @@ def _block_as_written(rows: dict[str, torch.Tensor], spans: Sequence[tuple[int, 
         return torch.tensor([v for (start, end), v in zip(spans, values) for _ in range(end - start)], dtype=b.dtype,
                             device=b.device)[:, None]
 
-    unfold = {"lora_B": per_row([math.copysign(math.sqrt(abs(1.0 / s)), 1.0 / s) for s in scales]),
-              "lora_A": per_row([math.sqrt(abs(1.0 / s)) for s in scales])}
-    fold_back = {"lora_B": per_row([math.copysign(math.sqrt(abs(s)), s) for s in scales]),
-                 "lora_A": per_row([math.sqrt(abs(s)) for s in scales])}
-    for side, x in rows.items():  # scale unfolded, rounded to the adapter's dtype, folded again
-        x.mul_(unfold[side])
+    unfold = [fold_factors(1.0 / s) for s in scales]  # as written: the scale unfolded, rounded, folded again
+    fold_back = [fold_factors(s) for s in scales]
+    for j, x in enumerate((rows["lora_B"], rows["lora_A"])):  # (fold_factors gives B's number, then A's)
+        x.mul_(per_row([f[j] for f in unfold]))
         x.copy_(x.to(dtype))
-        x.mul_(fold_back[side])
+        x.mul_(per_row([f[j] for f in fold_back]))
 
 
 def block_dw_errors(folded: Sequence[Folded], rebuilt: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]],
