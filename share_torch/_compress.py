@@ -329,11 +329,16 @@ def as_written(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtyp
     (as `SHAREModel.reconstruct` writes them), folded again. For float16 / bfloat16 adapters that cast is part
     of the error: the factors come back in another B/A split than the original's (balanced form), so they do
     not fall on the original's grid, and rounding them costs about 2e-3 of dW in bfloat16."""
-    if dtype not in (torch.float16, torch.bfloat16) or dtype == a.dtype:
+    if not _rounds_to(dtype, a.dtype):
         return a, b
     b_out, a_out = core.fold_scale(b, a, scale=1.0 / scale)
     b_back, a_back = core.fold_scale(b_out.to(dtype).to(b.dtype), a_out.to(dtype).to(a.dtype), scale=scale)
     return a_back, b_back
+
+
+def _rounds_to(dtype: torch.dtype, compute: torch.dtype) -> bool:
+    """Whether factors computed in `compute` are rounded when written as an adapter of `dtype` (half precision)."""
+    return dtype in (torch.float16, torch.bfloat16) and dtype != compute
 
 
 def _block_as_written(rows: dict[str, torch.Tensor], spans: Sequence[tuple[int, int]], scales: Sequence[float],
@@ -343,7 +348,7 @@ def _block_as_written(rows: dict[str, torch.Tensor], spans: Sequence[tuple[int, 
     float32 factors, row by row, so the same bits as adapter by adapter, in a few passes over the block instead of
     six small arrays per adapter."""
     b = rows["lora_B"]
-    if dtype not in (torch.float16, torch.bfloat16) or dtype == b.dtype:
+    if not _rounds_to(dtype, b.dtype):
         return
 
     def per_row(values: list[float]) -> torch.Tensor:
